@@ -1,0 +1,235 @@
+"""The model bundle (text encoder, UNet, scheduler, codec) and its two presets, `world` and `sd`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from cdc.codec import Codec, SpaceToDepthCodec, VaeCodec, codec_from_config
+from cdc.text import ClipEncoder, MiniLMEncoder, TextEncoder
+
+PRESETS = ("world", "sd")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+# What a saved world folder must hold (relative paths); checked before loading anything.
+WORLD_FILES = (
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "scheduler/scheduler_config.json",
+    "codec.json",
+)
+
+
+@dataclass
+class ModelBundle:
+    """Everything an algorithm sees: it never needs to know which preset it runs on."""
+
+    text: TextEncoder
+    unet: UNet2DConditionModel
+    scheduler: SchedulerMixin  # training scheduler (add_noise, get_velocity, config.prediction_type)
+    codec: Codec
+    preset: str
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the UNet."""
+        return self.unet.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the UNet."""
+        return self.unet.dtype
+
+    @property
+    def image_size(self) -> int:
+        """Side of generated images in pixels."""
+        return int(self.unet.config.sample_size) * self.codec.downsample
+
+
+def make_world_unet(
+    sample_size: int,
+    in_channels: int,
+    block_channels: Sequence[int],
+    cross_attention: Sequence[bool],
+    layers_per_block: int = 2,
+    attention_head_dim: int = 8,
+    cross_attention_dim: int = 384,
+    mid_cross_attention: bool = True,
+    norm_num_groups: int = 32,
+) -> UNet2DConditionModel:
+    """A small conditional UNet; `cross_attention[i]` says whether level i (top first) attends to the text."""
+    if len(block_channels) != len(cross_attention):
+        raise ValueError(
+            f"block_channels has {len(block_channels)} levels but cross_attention has {len(cross_attention)}"
+        )
+    bad = [c for c in block_channels if c % norm_num_groups]
+    if bad:
+        raise ValueError(f"block channels {bad} are not divisible by norm_num_groups={norm_num_groups}")
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cross_attention)
+    # Up blocks run bottom-first, so their flags are the down flags reversed.
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cross_attention))
+    return UNet2DConditionModel(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=in_channels,
+        down_block_types=down,
+        up_block_types=up,
+        mid_block_type="UNetMidBlock2DCrossAttn" if mid_cross_attention else "UNetMidBlock2D",
+        block_out_channels=tuple(block_channels),
+        layers_per_block=layers_per_block,
+        attention_head_dim=attention_head_dim,
+        cross_attention_dim=cross_attention_dim,
+        norm_num_groups=norm_num_groups,
+    )
+
+
+def make_world_scheduler(
+    prediction_type: str = "v_prediction",
+    beta_schedule: str = "squaredcos_cap_v2",
+    num_train_timesteps: int = 1000,
+    clip_sample: bool = True,
+    timestep_spacing: str = "trailing",
+) -> DDPMScheduler:
+    """Training scheduler of the world model; the sampler builds DDIM from its config.
+
+    "trailing" spacing makes few-step DDIM start at the last training timestep (pure noise);
+    clip_sample keeps predicted x0 inside [-1, 1], which is where space-to-depth pixels live.
+    """
+    return DDPMScheduler(
+        num_train_timesteps=num_train_timesteps,
+        beta_schedule=beta_schedule,
+        prediction_type=prediction_type,
+        clip_sample=clip_sample,
+        timestep_spacing=timestep_spacing,
+    )
+
+
+def load_bundle(
+    preset: str, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
+) -> ModelBundle:
+    """Load a bundle: `world` from a saved folder, `sd` from a SD 1.x diffusers folder or hub id."""
+    if preset == "world":
+        return _load_world(Path(path), torch.device(device), dtype or torch.float32)
+    if preset == "sd":
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.float16 if device.type == "cuda" else torch.float32
+        return _load_sd(path, device, dtype)
+    raise ValueError(f"unknown preset {preset!r} (known: {', '.join(PRESETS)})")
+
+
+def _load_world(path: Path, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    """World folder: unet/, scheduler/, codec.json; the text encoder comes from the MiniLM package."""
+    import json
+
+    if not path.is_dir():
+        raise FileNotFoundError(f"world model folder not found: {path} (run `dvc repro pretrain` to build it)")
+    missing = [f for f in WORLD_FILES if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"world model folder {path} is incomplete, missing: {', '.join(missing)} "
+            "(run `dvc repro pretrain` to rebuild it)"
+        )
+    meta = json.loads((path / "codec.json").read_text())
+    unet = UNet2DConditionModel.from_pretrained(str(path / "unet"), local_files_only=True, torch_dtype=dtype)
+    scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"), local_files_only=True)
+    text_meta = meta.get("text", {})
+    text = MiniLMEncoder(max_length=int(text_meta.get("max_length", 24)),
+                         pooled_scale=float(text_meta.get("pooled_scale", 1.0)))
+    unet.to(device).eval()
+    text.to(device)
+    codec = codec_from_config(meta["codec"])
+    return ModelBundle(text=text, unet=unet, scheduler=scheduler, codec=codec, preset="world")
+
+
+def _is_local(path: str | Path) -> bool:
+    """A path that exists, or that cannot be a hub id ('owner/name'), is treated as a local folder."""
+    s = str(path)
+    if isinstance(path, Path) or s.startswith((".", "/", "~")) or s.count("/") != 1:
+        return True
+    return Path(s).exists() or Path(s).parent.is_dir()  # 'data/sd' with data/ present is a local typo
+
+
+def _load_sd(path: str | Path, device: torch.device, dtype: torch.dtype) -> ModelBundle:
+    """SD 1.x: tokenizer, text_encoder, unet, vae and scheduler from one diffusers repository layout."""
+    from diffusers import AutoencoderKL
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    local = _is_local(path)
+    if local:
+        root = Path(path).expanduser()
+        if not root.is_dir():
+            raise FileNotFoundError(f"Stable Diffusion folder not found: {root}")
+        needed = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
+        missing = [d for d in needed if not (root / d).is_dir()]
+        if missing:
+            raise FileNotFoundError(f"Stable Diffusion folder {root} is missing: {', '.join(missing)}")
+        path = str(root)
+    kw: dict[str, Any] = {"local_files_only": local}
+    tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
+    text_model = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **kw)
+    unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet", torch_dtype=dtype, **kw)
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **kw)
+    # SD folders ship a PNDM sampler config; training needs DDPM semantics on the same betas.
+    scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(path, subfolder="scheduler", **kw))
+    for module in (text_model, unet, vae):
+        module.to(device).eval()
+    return ModelBundle(
+        text=ClipEncoder(tokenizer, text_model), unet=unet, scheduler=scheduler, codec=VaeCodec(vae), preset="sd"
+    )
+
+
+def save_world_bundle(bundle: ModelBundle, path: str | Path) -> None:
+    """Write a world bundle folder (unet/, scheduler/, codec.json) atomically."""
+    from cdc.io import atomic_path, save_json
+
+    if not isinstance(bundle.codec, SpaceToDepthCodec) or not isinstance(bundle.text, MiniLMEncoder):
+        raise ValueError(
+            f"save_world_bundle needs a world bundle (MiniLM + space-to-depth), got preset {bundle.preset!r}"
+        )
+    if getattr(bundle.unet, "peft_config", None):
+        raise ValueError("the UNet carries LoRA adapters; save them with the LoRA saver or merge them first")
+    text_meta = {"type": "minilm", "max_length": bundle.text.max_length, "pooled_scale": bundle.text.pooled_scale}
+    meta = {"codec": bundle.codec.to_config(), "text": text_meta}
+    with atomic_path(Path(path)) as tmp:
+        tmp = Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        bundle.unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        bundle.scheduler.save_pretrained(str(tmp / "scheduler"))
+        save_json(meta, tmp / "codec.json")
+
+
+def apply_lora(unet: UNet2DConditionModel, path: str | Path, adapter_name: str = "default") -> UNet2DConditionModel:
+    """Load a diffusers-format LoRA folder into `unet` in place (keys with or without the 'unet.' prefix)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    weights = path / LORA_WEIGHT_NAME if path.is_dir() else path
+    if not weights.is_file():
+        raise FileNotFoundError(f"LoRA weights not found: {weights}")
+    with safe_open(str(weights), framework="pt") as f:
+        keys = list(f.keys())
+    prefix = "unet" if any(k.startswith("unet.") for k in keys) else None
+    if prefix is None and any(k.startswith(("text_encoder.", "transformer.")) for k in keys):
+        raise ValueError(f"LoRA {weights} has no UNet weights (keys start with {keys[0].split('.')[0]!r})")
+    try:
+        unet.load_lora_adapter(
+            str(weights.parent),
+            weight_name=weights.name,
+            prefix=prefix,
+            adapter_name=adapter_name,
+            local_files_only=True,
+        )
+    except (RuntimeError, ValueError, KeyError) as e:
+        # torch lists every mismatching tensor; the first one is enough to name the problem.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        first = next((ln for ln in lines if "mismatch" in ln), lines[0] if lines else type(e).__name__)
+        raise ValueError(f"LoRA {weights} does not fit this UNet (made for another model?): {first[:300]}") from e
+    if adapter_name not in (getattr(unet, "peft_config", None) or {}):
+        raise ValueError(f"LoRA {weights} loaded no weights into this UNet")
+    return unet

@@ -1,0 +1,236 @@
+"""Command line: `cdc generate` (prompts -> PNGs + grid) and `cdc judge` (folder of images -> CSV)."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from cdc.errors import CdcError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
+GENERATE_FILES = ("prompts.json", "grid.png")  # written by `generate` beside its images
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    """File-name-safe lowercase slug of a prompt."""
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return slug[:max_len].rstrip("-") or "prompt"
+
+
+def _default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> list[str]:
+    """--prompt values, then non-blank, non-# lines of --prompts-file; blank prompts are refused."""
+    out = list(prompts or [])
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts file not found: {path}")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        out += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
+    for i, p in enumerate(out):
+        if not p.strip():
+            raise ValueError(f"prompt {i + 1} is empty (give text; the empty prompt is only the CFG baseline)")
+    if not out:
+        raise ValueError("no prompts given: use --prompt TEXT (repeatable) or --prompts-file FILE")
+    return out
+
+
+def _check_out_dir(out: Path, overwrite: bool) -> None:
+    """Refuse to replace a non-empty output folder unless asked."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Sample n images per prompt (seeds seed..seed+n-1) into a new folder with a grid and an index."""
+    from cdc.bundle import apply_lora, load_bundle
+    from cdc.grid import make_grid
+    from cdc.io import atomic_path, save_image, save_json
+    from cdc.sampler import sample
+
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    if args.n < 1:
+        raise ValueError(f"--n must be >= 1, got {args.n}")
+    out = Path(args.out)
+    _check_out_dir(out, args.overwrite)
+    bundle = load_bundle(args.preset, args.model, device=args.device)
+    if args.lora:
+        apply_lora(bundle.unet, args.lora)
+    all_prompts = [p for p in prompts for _ in range(args.n)]
+    seeds = [args.seed + j for _ in prompts for j in range(args.n)]
+    images = sample(
+        bundle,
+        all_prompts,
+        seeds,
+        steps=args.steps,
+        guidance=args.guidance,
+        eta=args.eta,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    records = []
+    with atomic_path(out) as tmp:
+        tmp.mkdir(parents=True)
+        for k, (prompt, seed, image) in enumerate(zip(all_prompts, seeds, images, strict=True)):
+            name = f"{k:04d}_{slugify(prompt)}_s{seed}.png"
+            save_image(image, tmp / name)
+            records.append({"file": name, "prompt": prompt, "seed": seed})
+        labels = [f"s{s} {p}" for p, s in zip(all_prompts, seeds, strict=True)]
+        save_image(make_grid(images, ncols=args.n, labels=labels), tmp / "grid.png")
+        save_json(
+            {
+                "preset": args.preset,
+                "model": str(args.model),
+                "lora": str(args.lora) if args.lora else None,
+                "steps": args.steps,
+                "guidance": args.guidance,
+                "eta": args.eta,
+                "images": records,
+            },
+            tmp / "prompts.json",
+        )
+    if not args.quiet:
+        print(f"wrote {len(records)} images and grid.png to {out}")
+    return 0
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files to judge: those listed by a `generate` prompts.json, else every non-hidden file."""
+    from cdc.io import load_json
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    index = folder / "prompts.json"
+    if index.is_file():
+        files = [folder / r["file"] for r in load_json(index)["images"]]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"{index} lists {missing[0]}, which is not in {folder}")
+    else:
+        files = sorted(f for f in folder.iterdir() if not f.name.startswith("."))
+        for f in files:
+            if f.is_dir() or f.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ValueError(f"{f} is not an image file (expected {', '.join(IMAGE_SUFFIXES)})")
+    if not files:
+        raise ValueError(f"no images in {folder}")
+    return files
+
+
+def read_images(files: Sequence[Path], progress: bool = False) -> np.ndarray:
+    """Decode images to uint8 (N, H, W, 3), transparency composited on white; one size for all."""
+    from PIL import Image, UnidentifiedImageError
+    from tqdm.auto import tqdm
+
+    arrays = []
+    for f in tqdm(files, desc="reading", unit="image", disable=not progress):
+        try:
+            with Image.open(f) as im:
+                im = im.convert("RGBA")
+                white = Image.new("RGBA", im.size, (255, 255, 255, 255))
+                arrays.append(np.asarray(Image.alpha_composite(white, im).convert("RGB")))
+        except (UnidentifiedImageError, OSError):
+            raise ValueError(f"{f} is not a readable image") from None
+        if arrays[-1].shape != arrays[0].shape:
+            size, first = arrays[-1].shape, arrays[0].shape
+            raise ValueError(
+                f"{f} is {size[1]}x{size[0]} but {files[0]} is {first[1]}x{first[0]}; judge one image size at a time"
+            )
+    return np.stack(arrays)
+
+
+def cmd_judge(args: argparse.Namespace) -> int:
+    """Classify every image of a folder: concept, style and their confidences, as CSV."""
+    from cdc.io import save_text
+    from cdc.judge import load_judge, predict
+
+    judge = load_judge(args.judge, device=args.device)
+    files = list_images(Path(args.images))
+    images = read_images(files, progress=not args.quiet)
+    pred = predict(judge, images)
+    keys = getattr(judge, "concept_keys", None)
+    styles = getattr(judge, "style_names", None)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["file", "concept", "concept_conf", "style", "style_conf"])
+    for i, f in enumerate(files):
+        c, s = int(pred["concept"][i]), int(pred["style"][i])
+        writer.writerow(
+            [
+                f.name,
+                keys[c] if keys else c,
+                f"{float(pred['concept_conf'][i]):.4f}",
+                styles[s] if styles else s,
+                f"{float(pred['style_conf'][i]):.4f}",
+            ]
+        )
+    if args.out:
+        save_text(buf.getvalue(), args.out)
+        if not args.quiet:
+            print(f"judged {len(files)} images -> {args.out}")
+    else:
+        sys.stdout.write(buf.getvalue())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `cdc` argument parser."""
+    parser = argparse.ArgumentParser(prog="cdc", description="Concept erasure toolkit: generate and judge images.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    g = sub.add_parser("generate", help="generate images for prompts into a folder (PNGs, grid.png, prompts.json)")
+    g.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
+    g.add_argument("--model", default="data/models/world", help="world model folder, or SD folder / hub id")
+    g.add_argument("--lora", default=None, help="diffusers LoRA folder to load into the UNet")
+    g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    g.add_argument("--prompts-file", default=None, help="text file, one prompt per line (# comments)")
+    g.add_argument("--n", type=int, default=4, help="images per prompt (seeds seed..seed+n-1)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--steps", type=int, default=30)
+    g.add_argument("--guidance", type=float, default=1.5)
+    g.add_argument("--eta", type=float, default=1.0)
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    g.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    g.add_argument("--quiet", action="store_true", help="no progress bars or messages")
+    g.set_defaults(func=cmd_generate)
+
+    j = sub.add_parser("judge", help="classify a folder of images (concept, style, confidences) as CSV")
+    j.add_argument("--judge", default="data/models/judge", help="trained judge folder")
+    j.add_argument("--images", required=True, help="folder of images (or a `cdc generate` output folder)")
+    j.add_argument("--out", default=None, help="CSV to write (default: print to stdout)")
+    j.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
+    j.add_argument("--quiet", action="store_true")
+    j.set_defaults(func=cmd_judge)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; bad input prints one `cdc: error: ...` line and returns 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.device is None:
+        args.device = _default_device()
+    try:
+        return int(args.func(args))
+    except (CdcError, ValueError, FileNotFoundError, FileExistsError) as e:
+        print(f"cdc {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

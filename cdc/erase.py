@@ -1,0 +1,79 @@
+"""What an erasure trains on (paired target/anchor prompts per family) and one entry point per method."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from cdc.bundle import ModelBundle
+from cdc.codec import encode_images
+from cdc.methods import CaConfig, DocoConfig, EsdConfig, train_ca, train_doco, train_esd
+from cdc.world.captions import canonical_prompt
+from cdc.world.data import World
+
+METHODS = ("doco", "esd", "ca")
+
+
+@dataclass(frozen=True)
+class Pairs:
+    """target_prompts[i] is anchor_prompts[i] with the concept in it (DoCo / CA data contract)."""
+
+    family: str
+    target_prompts: list[str]
+    anchor_prompts: list[str]
+
+
+def family_of(world: World, slug: str) -> str:
+    """'articulated-lorry' -> 'articulated lorry', with a clear error for an unknown family."""
+    by_slug = {name.replace(" ", "-"): name for name in world.targets}
+    if slug not in by_slug:
+        raise KeyError(f"unknown concept family {slug!r} (known: {', '.join(sorted(by_slug))})")
+    return by_slug[slug]
+
+
+def erase_pairs(world: World, family: str, probe: Sequence[str]) -> Pairs:
+    """In-set training pairs: every member (and umbrella word) x style -> the anchor in the same style.
+
+    A style family keeps the object and swaps the style: "a cat, openmoji style" -> "a cat, twemoji style".
+    """
+    fam = world.targets[family]
+    if fam["kind"] == "style":
+        if not probe:
+            raise ValueError(f"style family {family!r} needs probe concepts")
+        return Pairs(family, [canonical_prompt(k, family) for k in probe],
+                     [canonical_prompt(k, fam["anchor"]) for k in probe])
+    names = fam["members"] + fam["umbrella"]
+    if not names:
+        raise ValueError(f"family {family!r} has no prompts (no members or umbrella words)")
+    targets = [canonical_prompt(n, s) for n in names for s in world.styles]
+    anchors = [canonical_prompt(fam["anchor"], s) for _ in names for s in world.styles]
+    if any(t == a for t, a in zip(targets, anchors)):
+        raise ValueError(f"family {family!r}: the anchor prompt equals a target prompt")
+    return Pairs(family, targets, anchors)
+
+
+def run_method(
+    bundle: ModelBundle, method: str, pairs: Pairs, samples: dict[str, np.ndarray],
+    cfg: DocoConfig | EsdConfig | CaConfig, *, progress: bool = True,
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Train one method's LoRA on the family's pairs and the base model's samples (from the anchors stage).
+
+    samples: anchor_images (N, H, W, 3) uint8 drawn from anchor_index (N,) into anchor prompts, and the same
+    for the target prompts (ESD learns from the base model's own images of the concept).
+    """
+    def to_latents(images: np.ndarray) -> torch.Tensor:
+        return encode_images(bundle.codec, images, bundle.device, bundle.dtype)
+
+    if method == "doco":
+        return train_doco(bundle, pairs.target_prompts, pairs.anchor_prompts, to_latents(samples["anchor_images"]),
+                          cfg, anchor_index=samples["anchor_index"].tolist(), progress=progress)
+    if method == "ca":
+        return train_ca(bundle, pairs.target_prompts, pairs.anchor_prompts, to_latents(samples["anchor_images"]),
+                        cfg, anchor_index=samples["anchor_index"].tolist(), progress=progress)
+    if method == "esd":
+        return train_esd(bundle, pairs.target_prompts, to_latents(samples["target_images"]), cfg,
+                         target_index=samples["target_index"].tolist(), progress=progress)
+    raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")

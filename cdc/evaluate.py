@@ -1,0 +1,125 @@
+"""Judge what a model draws: concept and style accuracy, family rates on prompt sets, world-FID."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch import nn
+
+from cdc.bundle import ModelBundle
+from cdc.fid import world_fid
+from cdc.judge import JudgeNet, predict
+from cdc.params import EvaluateParams, SampleParams
+from cdc.sampler import sample
+from cdc.world.captions import canonical_prompt
+from cdc.world.data import World
+
+
+@dataclass(frozen=True)
+class Drawn:
+    """Images generated for prompts (repeated per seed) and what the judge saw in them."""
+
+    prompts: list[str]  # (M,) one entry per image
+    images: np.ndarray  # (M, H, W, 3) uint8
+    concept: np.ndarray  # (M,) judged concept id
+    style: np.ndarray  # (M,) judged style id
+
+
+def draw(
+    bundle: ModelBundle, judge: JudgeNet, prompts: list[str], n_images: int, sampler: SampleParams,
+    *, unet: nn.Module | None = None, progress: bool = True,
+) -> Drawn:
+    """n_images per prompt (seeds sampler.seed .. +n_images-1, the same for every prompt), judged."""
+    if not prompts:
+        raise ValueError("no prompts to draw")
+    repeated = [p for p in prompts for _ in range(n_images)]
+    seeds = [sampler.seed + k for _ in prompts for k in range(n_images)]
+    images = sample(bundle, repeated, seeds, steps=sampler.steps, guidance=sampler.guidance, eta=sampler.eta,
+                    batch_size=sampler.batch_size, unet=unet, progress=progress)
+    seen = predict(judge, images)
+    return Drawn(repeated, images, np.asarray(seen["concept"]), np.asarray(seen["style"]))
+
+
+def family_members(world: World, family: str) -> list[int]:
+    """Concept ids that count as the family (empty for a style family)."""
+    return [world.index(k) for k in world.targets[family]["members"]]
+
+
+def family_hits(world: World, family: str, drawn: Drawn) -> np.ndarray:
+    """(M,) bool: the judge sees the family (any member; for a style family, that style)."""
+    if world.targets[family]["kind"] == "style":
+        return drawn.style == world.styles.index(family)
+    return np.isin(drawn.concept, family_members(world, family))
+
+
+def accuracy(world: World, keys: list[str], drawn_prompts: Drawn, expected: list[tuple[int, int]]) -> dict:
+    """Concept and style top-1 accuracy, averaged per concept so every concept weighs the same."""
+    concept_ok = drawn_prompts.concept == np.array([c for c, _ in expected])
+    style_ok = drawn_prompts.style == np.array([s for _, s in expected])
+    ids = np.array([c for c, _ in expected])
+    per = {k: float(concept_ok[ids == world.index(k)].mean()) for k in keys}
+    return {"concept_acc": float(np.mean(list(per.values()))), "style_acc": float(style_ok.mean()),
+            "per_concept": per}
+
+
+def concept_accuracy(
+    bundle: ModelBundle, judge: JudgeNet, world: World, keys: list[str], n_images: int, sampler: SampleParams,
+    *, unet: nn.Module | None = None, progress: bool = True,
+) -> dict:
+    """Draw each concept's canonical prompt in each style; how often the judge agrees on concept and style."""
+    pairs = [(world.index(k), s) for k in keys for s in range(len(world.styles))]
+    prompts = [canonical_prompt(world.concepts[c]["key"], world.styles[s]) for c, s in pairs]
+    drawn = draw(bundle, judge, prompts, n_images, sampler, unet=unet, progress=progress)
+    expected = [pair for pair in pairs for _ in range(n_images)]
+    return accuracy(world, keys, drawn, expected) | {"drawn": drawn}
+
+
+def fid_against_world(
+    bundle: ModelBundle, judge: JudgeNet, world: World, sampler: SampleParams, n: int | None = None, seed: int = 0,
+    *, unet: nn.Module | None = None, progress: bool = True,
+) -> float:
+    """world-FID: one image per render's canonical prompt vs. the renders (judge features); n: seeded subset."""
+    pick = np.arange(len(world.images))
+    if n is not None and n < len(pick):
+        pick = np.sort(np.random.default_rng(seed).choice(pick, size=n, replace=False))
+    prompts = [canonical_prompt(world.keys[world.concept[i]], world.styles[world.style[i]]) for i in pick]
+    drawn = draw(bundle, judge, prompts, 1, sampler, unet=unet, progress=progress)
+    return world_fid(judge, world.images[pick], drawn.images)
+
+
+def erasure_row(
+    bundle: ModelBundle, judge: JudgeNet, world: World, family: str, in_set: list[str], probe: list[str],
+    retain: list[str], cfg: EvaluateParams, sampler: SampleParams, *, unet: nn.Module | None = None,
+    progress: bool = True,
+) -> tuple[dict, dict[str, Drawn]]:
+    """One table row (design section 5): erasure in-set and out-of-set, utility on neighbours and on all.
+
+    in_set: the prompts the erasure trained on; retain: concepts outside every family. For a style family
+    the neighbours are the probe objects drawn in the anchor style (concept and style must survive).
+    """
+    run = dict(unet=unet, progress=progress)
+    drawn = {"in_set": draw(bundle, judge, in_set, cfg.images_per_prompt, sampler, **run),
+             "out_of_set": draw(bundle, judge, world.out_of_set[family], cfg.images_per_prompt, sampler, **run)}
+    row = {k: float(family_hits(world, family, d).mean()) for k, d in drawn.items()}
+    fam = world.targets[family]
+    if fam["kind"] == "style":
+        anchor = world.styles.index(fam["anchor"])
+        prompts = [canonical_prompt(k, fam["anchor"]) for k in probe]
+        d = draw(bundle, judge, prompts, cfg.images_per_prompt, sampler, **run)
+        expected = np.repeat([world.index(k) for k in probe], cfg.images_per_prompt)
+        row["retain_neighbors"] = float(((d.concept == expected) & (d.style == anchor)).mean())
+    else:
+        row["retain_neighbors"] = concept_accuracy(bundle, judge, world, fam["neighbours"], cfg.images_per_prompt,
+                                                   sampler, **run)["concept_acc"]
+    row["retain_all"] = concept_accuracy(bundle, judge, world, retain, 1, sampler, **run)["concept_acc"]
+    row["world_fid"] = fid_against_world(bundle, judge, world, sampler, cfg.fid_images, cfg.seed, **run)
+    return row, drawn
+
+
+def other_concepts(world: World, n: int, seed: int) -> list[str]:
+    """A seeded sample of n concepts outside every target family (for accuracy on 'everything else')."""
+    members = {m for f in world.targets.values() for m in f["members"]}
+    rest = [c["key"] for c in world.concepts if c["key"] not in members]
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(rest, size=min(n, len(rest)), replace=False).tolist())

@@ -1,0 +1,110 @@
+"""Concept Ablation (CA), model-based variant, with LoRA.
+
+Loss: || UNet_LoRA(x_t, t, c_target) - sg[UNet_base(x_t, t, c_anchor)] ||^2 on noised anchor samples
+(map the target prompt's prediction onto the anchor's), plus prior_weight x the DreamBooth prior
+loss on fresh (anchor sample, anchor prompt) pairs, as Concept Ablation's training script does.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
+from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
+from cdc.methods.surgery import clip_grads
+from cdc.methods.train import (
+    apply_step,
+    check_finite,
+    check_latents,
+    check_pairs,
+    grads_of,
+    make_generator,
+    make_optimizer,
+    paired_data,
+    progress_bar,
+    prompt_index,
+)
+
+HISTORY_KEYS = ("step", "loss", "loss_ablate", "loss_prior", "seconds")
+
+
+@dataclass(frozen=True)
+class CaConfig:
+    """Knobs of one Concept Ablation run."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 8  # B ablation pairs (+ B prior pairs when prior_weight > 0)
+    prior_weight: float = 1.0  # 0 turns the prior-preservation term off
+    lora_group: str = "xattn-kv"  # CA's default parameter set: cross-attention K/V
+    lora_rank: int = 4
+    lora_alpha: float | None = None
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-2
+    seed: int = 0
+    log_every: int = 1
+
+
+def train_ca(
+    bundle,
+    target_prompts: Sequence[str],
+    anchor_prompts: Sequence[str],
+    anchor_latents: Tensor,
+    cfg: CaConfig = CaConfig(),
+    anchor_index: Sequence[int] | None = None,
+    progress: bool = True,
+) -> tuple[torch.nn.Module, list[dict]]:
+    """Ablate the target concept towards the anchor; returns (UNet with LoRA, history rows).
+
+    Same data contract as `train_doco`: paired prompt lists and (N, C, h, w) anchor samples.
+    """
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.log_every < 1:
+        raise ValueError(f"need steps, batch_size and log_every >= 1; got {cfg}")
+    targets, anchors = check_pairs(target_prompts, anchor_prompts)
+    latents = check_latents(anchor_latents, bundle.unet, "anchor_latents")
+    index = prompt_index(latents.shape[0], len(targets), anchor_index)
+    unet, sched = bundle.unet, bundle.scheduler
+    data = paired_data(bundle, latents, index, targets, anchors)
+    gen = make_generator(cfg.seed)
+
+    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
+    params = lora_parameters(unet)
+    layers = tuner_layers(unet)  # for base_model(): the frozen model is the LoRA UNet, adapters off
+    opt = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    history: list[dict] = []
+    start = time.perf_counter()
+    for step in progress_bar(cfg.steps, progress, "CA"):
+        x0, ctx_t, ctx_a = data.batch(cfg.batch_size, gen)
+        x_t, _, t = noisy_latents(sched, x0, gen)
+        with torch.no_grad(), base_model(unet, layers):
+            anchor_out = unet_pred(unet, x_t, t, ctx_a)  # (B, C, h, w), the ablation target
+        if cfg.prior_weight > 0:
+            xb, _, ctx_b = data.batch(cfg.batch_size, gen)
+            xb_t, noise_b, t_b = noisy_latents(sched, xb, gen)
+            # One LoRA call over both halves: a single summed loss needs only one backward pass.
+            out = unet_pred(unet, torch.cat([x_t, xb_t]), torch.cat([t, t_b]), torch.cat([ctx_t, ctx_b]))
+            pred, pred_b = out.chunk(2)
+            loss_prior = mse(pred_b, target_for(sched, xb, noise_b, t_b))
+        else:
+            pred, loss_prior = unet_pred(unet, x_t, t, ctx_t), torch.zeros(())
+        loss_ablate = mse(pred, anchor_out)
+        loss = loss_ablate + cfg.prior_weight * loss_prior
+        check_finite("CA", step, loss=float(loss.detach()))
+        grads, _ = clip_grads(grads_of(loss, params), cfg.max_grad_norm)
+        apply_step(opt, params, grads)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            history.append(
+                {
+                    "step": step,
+                    "loss": float(loss.detach()),
+                    "loss_ablate": float(loss_ablate.detach()),
+                    "loss_prior": float(loss_prior.detach()),
+                    "seconds": time.perf_counter() - start,
+                }
+            )
+    return unet, history

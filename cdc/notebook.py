@@ -1,0 +1,140 @@
+"""Run a numbered notebook with papermill: parameter names checked, executed copy written atomically.
+
+From DVC stages (papermill alone neither creates the output folder nor rejects misspelt `-p` names,
+and leaves a half-executed copy behind on failure):
+
+    python -m cdc.notebook notebooks/01_world.ipynb data/executed/01_world.ipynb -p out_dir data/world
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from cdc.errors import ParamsError
+from cdc.io import atomic_path
+from cdc.params import parse_yaml
+
+KERNEL = "python3"
+
+
+def _parameters_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
+    """Cells tagged `parameters` (papermill injects its values right after the first one)."""
+    return [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+
+
+def notebook_parameters(src: str | os.PathLike[str]) -> list[str]:
+    """Names assigned at top level in the notebook's single `parameters`-tagged cell."""
+    src = Path(src)
+    cells = _parameters_cells(nbformat.read(src, as_version=4))
+    if len(cells) != 1:
+        raise ParamsError(f"{src}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as exc:
+        raise ParamsError(f"{src}: parameters cell is not valid Python: {exc}") from exc
+    names: list[str] = []
+    for stmt in tree.body:
+        targets = stmt.targets if isinstance(stmt, ast.Assign) else [getattr(stmt, "target", None)]
+        for target in targets:
+            elts = target.elts if isinstance(target, ast.Tuple) else [target]
+            names += [e.id for e in elts if isinstance(e, ast.Name)]
+    return names
+
+
+def check_parameters(src: str | os.PathLike[str], parameters: Mapping[str, Any]) -> None:
+    """Raise ParamsError if a parameter is not defined in the notebook's parameters cell."""
+    if not parameters:
+        return
+    known = notebook_parameters(src)
+    unknown = sorted(set(parameters) - set(known))
+    if unknown:
+        raise ParamsError(
+            f"{src}: unknown notebook parameter(s) {', '.join(map(repr, unknown))} "
+            f"(parameters cell defines: {', '.join(known) or 'nothing'})"
+        )
+
+
+def run_notebook(
+    src: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    parameters: Mapping[str, Any] | None = None,
+    cwd: str | os.PathLike[str] | None = None,
+    log_output: bool = False,
+) -> Path:
+    """Execute `src` with `parameters` into `out` (created with its folder only if every cell ran)."""
+    import papermill  # imported here: it is slow to import and only this function needs it
+
+    src, out, parameters = Path(src), Path(out), dict(parameters or {})
+    if not src.is_file():
+        raise FileNotFoundError(f"notebook not found: {src}")
+    check_parameters(src, parameters)
+    with atomic_path(out) as tmp:
+        papermill.execute_notebook(
+            str(src),
+            str(tmp),
+            parameters=parameters,
+            kernel_name=KERNEL,
+            progress_bar=True,
+            log_output=log_output,
+            cwd=None if cwd is None else str(cwd),
+        )
+        # papermill records where it wrote; record the final name, not the temporary one.
+        nb = nbformat.read(tmp, as_version=4)
+        nb.metadata.setdefault("papermill", {})["output_path"] = str(out)
+        nbformat.write(nb, tmp)
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Read a command-line parameter value as a YAML 1.2 scalar or list (`1e-5` -> float)."""
+    if text == "":
+        return ""
+    try:
+        value = parse_yaml(text)
+    except ParamsError:
+        return text
+    if isinstance(value, dict) or (value is None and text.strip() not in ("null", "~")):
+        return text  # `a: b` or a bare comment is meant as a string, not a mapping or null
+    return value
+
+
+if __name__ == "__main__":
+    import argparse
+    import sys
+
+    from cdc.errors import CdcError
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cdc.notebook",
+        description="Execute a notebook with papermill; the output folder is created and the "
+        "executed copy appears only if every cell ran.",
+    )
+    parser.add_argument("src", type=Path, help="source notebook (stripped, tagged parameters cell)")
+    parser.add_argument("out", type=Path, help="executed copy to write")
+    parser.add_argument(
+        "-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+        help="notebook parameter; VALUE is read as YAML 1.2 (1e-5 is a float, 'true' a bool)",
+    )
+    parser.add_argument("--cwd", type=Path, default=None, help="kernel working directory")
+    parser.add_argument("--log-output", action="store_true", help="echo cell output to stderr")
+    args = parser.parse_args()
+    names = [name for name, _ in args.parameter]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        parser.error(f"parameter given more than once: {', '.join(duplicates)}")
+    try:
+        run_notebook(
+            args.src,
+            args.out,
+            {name: parse_value(value) for name, value in args.parameter},
+            cwd=args.cwd,
+            log_output=args.log_output,
+        )
+    except (CdcError, FileNotFoundError) as exc:
+        sys.exit(f"error: {exc}")

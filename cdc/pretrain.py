@@ -1,0 +1,151 @@
+"""Pretrain the world model: a small conditional UNet on the emoji renders and their captions."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import DDPMScheduler, UNet2DConditionModel
+from tqdm.auto import tqdm
+
+from cdc.bundle import ModelBundle, make_world_scheduler, make_world_unet
+from cdc.codec import SpaceToDepthCodec, encode_images
+from cdc.errors import NaNLossError
+from cdc.params import PretrainParams
+from cdc.text import MiniLMEncoder, TextEncoder
+from cdc.world.captions import sample_captions
+from cdc.world.data import World
+
+
+@dataclass
+class CaptionPool:
+    """Training pairs: caption j describes image image_index[j]."""
+
+    prompts: list[str]
+    image_index: np.ndarray  # (P,) int64 into world.images
+
+
+def caption_pool(world: World, per_image: int, seed: int) -> CaptionPool:
+    """per_image captions for every render (names, aliases, keywords, umbrella words x templates x style)."""
+    prompts: list[str] = []
+    index: list[int] = []
+    for i, (c, s) in enumerate(zip(world.concept.tolist(), world.style.tolist())):
+        caps = sample_captions(world.concepts[c]["phrases"], world.styles[s], world.templates, per_image, seed + i)
+        prompts += caps
+        index += [i] * len(caps)
+    return CaptionPool(prompts, np.asarray(index, dtype=np.int64))
+
+
+@torch.no_grad()
+def encode_prompts(text: TextEncoder, prompts: list[str], batch_size: int = 256, progress: bool = True) -> torch.Tensor:
+    """Context for many prompts, stored as float16 to halve memory: (P, L, D)."""
+    chunks = [
+        text.encode(prompts[i : i + batch_size]).half()
+        for i in tqdm(range(0, len(prompts), batch_size), desc="encode captions", disable=not progress)
+    ]
+    return torch.cat(chunks)
+
+
+def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
+    """Linear warm-up, then cosine decay to 10 % of the peak."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
+
+
+def train_world_model(
+    unet: UNet2DConditionModel,
+    scheduler: DDPMScheduler,
+    latents: torch.Tensor,
+    contexts: torch.Tensor,
+    pool_index: np.ndarray,
+    null_context: torch.Tensor,
+    *,
+    steps: int,
+    batch_size: int,
+    lr: float,
+    warmup_steps: int,
+    ema_decay: float,
+    caption_dropout: float,
+    seed: int,
+    log_every: int = 50,
+    progress: bool = True,
+    on_log: Callable[[dict], None] | None = None,
+) -> tuple[UNet2DConditionModel, list[dict]]:
+    """Denoising training with caption dropout and an EMA copy; returns the EMA UNet and the loss history.
+
+    latents (N, C, h, w) are the renders in UNet space; contexts (P, L, D) the encoded captions and
+    pool_index (P,) the render each caption describes; null_context (1, L, D) is the empty prompt.
+    """
+    if len(contexts) != len(pool_index) or len(contexts) == 0:
+        raise ValueError(f"{len(contexts)} contexts for {len(pool_index)} caption/image pairs")
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.from_numpy(pool_index)
+    ema = [p.detach().clone() for p in unet.parameters()]
+    opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
+    unet.train()
+    history: list[dict] = []
+    running, t0 = 0.0, time.perf_counter()
+    bar = tqdm(range(steps), desc="pretrain", disable=not progress)
+    for step in bar:
+        pick = torch.randint(len(contexts), (batch_size,), generator=gen)
+        x0 = latents[index[pick]]  # (B, C, h, w)
+        ctx = contexts[pick].float()  # (B, L, D)
+        drop = torch.rand(batch_size, generator=gen) < caption_dropout
+        ctx[drop] = null_context.float()
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
+        x_t = scheduler.add_noise(x0, noise, t)
+        target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+        loss = F.mse_loss(unet(x_t, t, ctx).sample, target)
+        if not torch.isfinite(loss):
+            raise NaNLossError(f"pretrain: loss is {loss.item()} at step {step}; nothing was saved")
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, warmup_steps, lr)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        # EMA with a warm start: early averages follow the weights closely instead of the random init.
+        decay = min(ema_decay, (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
+        running += loss.item()
+        if (step + 1) % log_every == 0 or step + 1 == steps:
+            n = (step % log_every) + 1
+            row = {"step": step + 1, "loss": running / n, "lr": opt.param_groups[0]["lr"],
+                   "seconds": time.perf_counter() - t0}
+            history.append(row)
+            bar.set_postfix(loss=f"{row['loss']:.4f}")
+            if on_log is not None:
+                on_log(row)
+            running = 0.0
+    with torch.no_grad():
+        for p, e in zip(unet.parameters(), ema):
+            p.copy_(e)
+    return unet.eval(), history
+
+
+def pretrain_world(world: World, cfg: PretrainParams, *, progress: bool = True) -> tuple[ModelBundle, list[dict]]:
+    """Everything the `pretrain` stage does between loading the world and saving the model."""
+    torch.manual_seed(cfg.seed)  # UNet initialisation
+    text = MiniLMEncoder(max_length=cfg.max_length, pooled_scale=cfg.pooled_scale)
+    codec = SpaceToDepthCodec(factor=2)
+    size = world.images.shape[1] // codec.downsample
+    unet = make_world_unet(size, 3 * codec.downsample**2, cfg.block_channels, cfg.cross_attention,
+                           cfg.layers_per_block, cfg.attention_head_dim, text.dim)
+    scheduler = make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
+    pool = caption_pool(world, cfg.captions_per_image, cfg.seed)
+    contexts = encode_prompts(text, pool.prompts, progress=progress)
+    unet, history = train_world_model(
+        unet, scheduler, encode_images(codec, world.images), contexts, pool.image_index, text.encode([""]),
+        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
+        ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=cfg.seed,
+        log_every=cfg.log_every, progress=progress,
+    )
+    return ModelBundle(text=text, unet=unet, scheduler=scheduler, codec=codec, preset="world"), history

@@ -1,0 +1,58 @@
+"""Gather evaluated rows into the project's tables (CSV for DVC, LaTeX for the paper)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from cdc.io import load_json
+
+COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
+           "seconds", "peak_mem_mb"]
+
+
+def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, erase_dir: str | Path) -> pd.DataFrame:
+    """One row per (concept, method) plus a `base` row per concept; utility also relative to base."""
+    rows = []
+    for concept in concepts:
+        path = Path(eval_dir) / f"{concept}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no evaluation for {concept!r} at {path}: run `dvc repro evaluate`")
+        for row in load_json(path):
+            run = Path(erase_dir) / concept / f"{row['method']}.json"
+            rows.append(row | (load_json(run) if run.exists() else {}))
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    missing = {(c, m) for c in concepts for m in ["base", *methods]} - set(zip(table.concept, table.method))
+    if missing:
+        raise ValueError(f"evaluations are missing rows for {sorted(missing)}")
+    base = table[table.method == "base"].set_index("concept")
+    for col in ("retain_all", "retain_neighbors"):
+        table[f"{col}_vs_base"] = table[col] / table.concept.map(base[col])
+    return table
+
+
+def latex_table(table: pd.DataFrame) -> str:
+    """The erase table as a LaTeX tabular (booktabs), one block per concept."""
+    head = ("\\begin{tabular}{llrrrrrr}\n\\toprule\nconcept & method & in-set $\\downarrow$ & out-of-set $\\downarrow$"
+            " & retain nbr. $\\uparrow$ & retain all $\\uparrow$ & FID $\\downarrow$ & s \\\\\n\\midrule\n")
+    lines = []
+    for concept, block in table.groupby("concept", sort=False):
+        for _, r in block.iterrows():
+            secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
+            lines.append(f"{concept} & {r.method} & {r.in_set:.2f} & {r.out_of_set:.2f} & {r.retain_neighbors:.2f}"
+                         f" & {r.retain_all:.2f} & {r.world_fid:.1f} & {secs} \\\\")
+        lines.append("\\midrule")
+    return head + "\n".join(lines[:-1]) + "\n\\bottomrule\n\\end{tabular}\n"
+
+
+def world_table(metrics: dict) -> str:
+    """The world's numbers (judge, base model, pretraining) as a two-column LaTeX tabular."""
+    rows = [("concepts", f"{metrics['n_concepts']}"),
+            ("judge concept / style accuracy", f"{metrics['judge_concept_acc']:.3f} / {metrics['judge_style_acc']:.3f}"),
+            ("base concept / style accuracy", f"{metrics['base_concept_acc']:.3f} / {metrics['base_style_acc']:.3f}"),
+            ("world-FID of the base model", f"{metrics['world_fid']:.2f}"),
+            ("pretraining (min)", f"{metrics['pretrain_seconds'] / 60:.0f}")]
+    rows += [(f"out-of-set rate, {f}", f"{v:.2f}") for f, v in metrics["base_oos_rate"].items()]
+    body = "\n".join(f"{k} & {v} \\\\" for k, v in rows)
+    return "\\begin{tabular}{lr}\n\\toprule\n" + body + "\n\\bottomrule\n\\end{tabular}\n"

@@ -1,0 +1,31 @@
+"""What machine a number was measured on."""
+
+from __future__ import annotations
+
+import os
+import platform
+
+import torch
+
+
+def hardware() -> str:
+    """One line: CPU model and cores used by torch, plus the GPU if one is visible."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    text = f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.get_num_threads()} threads"
+    if torch.cuda.is_available():
+        text += f", GPU {torch.cuda.get_device_name(0)}"
+    return text
+
+
+def peak_memory_mb() -> float:
+    """Peak memory of this process so far: GPU memory allocated by torch on CUDA, else peak RSS."""
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB

@@ -1,0 +1,1 @@
+"""The embedded emoji world: concepts, renders, captions (design section 3)."""

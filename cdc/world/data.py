@@ -1,0 +1,55 @@
+"""The built world on disk: images.npz (renders) + concepts.json (names, phrases, families, prompts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cdc.io import atomic_path, load_json, save_json, save_npz
+
+
+@dataclass
+class World:
+    """Renders of every concept in every style, with the concept table and the prompt sets."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8 on white, N = n_concepts * n_styles
+    concept: np.ndarray  # (N,) int64 index into concepts
+    style: np.ndarray  # (N,) int64 index into styles
+    concepts: list[dict]  # {"id", "key", "emoji", "codepoint", "aliases", "phrases", "category", "family"}
+    styles: list[str]
+    targets: dict[str, dict]  # family -> {"kind", "members", "anchor", "umbrella", "neighbours"}
+    out_of_set: dict[str, list[str]]  # family -> prompts never used in training
+    templates: list[str]  # caption templates ("{a}" = phrase with article, "{p}" = bare phrase)
+
+    @property
+    def keys(self) -> list[str]:
+        """Concept keys in id order."""
+        return [c["key"] for c in self.concepts]
+
+    def index(self, key: str) -> int:
+        """Concept id of a key, with a clear error for an unknown concept."""
+        for c in self.concepts:
+            if c["key"] == key:
+                return c["id"]
+        raise KeyError(f"unknown concept {key!r}: not in the world (see data/world/concepts.json)")
+
+
+def save_world(world: World, folder: Path) -> None:
+    """Write images.npz and concepts.json into folder, atomically as a whole."""
+    with atomic_path(folder) as tmp:
+        tmp.mkdir(parents=True)
+        save_npz(tmp / "images.npz", images=world.images, concept=world.concept, style=world.style)
+        meta = {k: getattr(world, k) for k in ("concepts", "styles", "targets", "out_of_set", "templates")}
+        save_json(meta, tmp / "concepts.json")
+
+
+def load_world(folder: str | Path) -> World:
+    """Read a world written by save_world."""
+    folder = Path(folder)
+    if not (folder / "images.npz").exists() or not (folder / "concepts.json").exists():
+        raise FileNotFoundError(f"no built world in {folder}: run `dvc repro world` first")
+    arrays = np.load(folder / "images.npz")
+    meta = load_json(folder / "concepts.json")
+    return World(arrays["images"], arrays["concept"], arrays["style"], **meta)

@@ -1,0 +1,57 @@
+"""The erase-speed benchmark script runs in-process on the tiny random world UNet and writes valid JSON."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "erase_speed.py"
+
+
+@pytest.fixture(scope="module")
+def erase_speed():
+    spec = importlib.util.spec_from_file_location("erase_speed", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_tiny_benchmark_prints_ratio_and_writes_json(erase_speed, tmp_path, capsys):
+    out_json = tmp_path / "out" / "speed.json"
+    argv = ["--tiny", "--steps", "2", "--burn-in", "1", "--repeats", "1", "--threads", "1"]
+    result = erase_speed.main([*argv, "--full-erase", "--params", str(tmp_path / "none.yaml"), "--json", str(out_json)])
+    printed = capsys.readouterr().out
+
+    assert result["tiny"] and "TINY RANDOM" in printed and "random N(0,1)" in printed
+    assert "ratio doco_step / plain_step =" in printed
+    assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    for name in erase_speed.VARIANTS:
+        stats = result["results"][name]
+        assert stats["n_steps"] == 2 and stats["median_s"] > 0 and stats["peak_rss_mb"] > 0
+    assert "skipped" in result["full_erase"]
+
+    saved = json.loads(out_json.read_text())
+    assert saved["ratio"] == pytest.approx(result["ratio"])
+    assert saved["target_ratio"] == 1.5 and saved["batch_size"] == 8
+
+
+def test_full_erase_reads_params_erase_section(erase_speed, tmp_path):
+    base = erase_speed.DocoConfig()
+    params = tmp_path / "params.yaml"
+    params.write_text("world:\n  size: 32\n")
+    assert erase_speed.erase_config(params, base)[0] is None
+    params.write_text("erase:\n  doco:\n    steps: 40\n    warmup_steps: 10\n    lr: 1.0e-4\n")
+    cfg, _ = erase_speed.erase_config(params, base)
+    assert (cfg.steps, cfg.warmup_steps, cfg.lr) == (40, 10, 1e-4)
+    params.write_text("erase:\n  doco:\n    stepz: 40\n")
+    cfg, why = erase_speed.erase_config(params, base)
+    assert cfg is None and "stepz" in why
+
+
+def test_bad_arguments_are_rejected(erase_speed):
+    with pytest.raises(SystemExit):
+        erase_speed.parse_args(["--steps", "0"])

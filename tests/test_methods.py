@@ -1,0 +1,200 @@
+"""DoCo, ESD and CA on both presets' tiny bundles: what they train, what they log, how they fail."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from cdc.errors import NaNLossError
+from cdc.methods import CaConfig, DocoConfig, EsdConfig, doco, esd, save_lora, train_ca, train_doco, train_esd
+from cdc.methods import ca as ca_mod
+from cdc.methods.lora import add_lora, lora_parameters
+from cdc.methods.losses import add_noise, noisy_latents, pred_eps, pred_x0, target_for
+from cdc.methods.train import make_generator, make_optimizer, plain_lora_step
+
+TARGETS = ["a church", "a small church"]
+ANCHORS = ["a house", "a small house"]
+FAST = {"steps": 3, "batch_size": 2, "lora_rank": 2}
+DOCO_FAST = {**FAST, "warmup_steps": 1, "d_width": 8}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core box two spinning OpenMP
+    threads per process made these tests ~10x slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _fresh(bundle):
+    """A bundle sharing everything but the UNet, which training mutates (adds a LoRA)."""
+    return dataclasses.replace(bundle, unet=copy.deepcopy(bundle.unet))
+
+
+def _latents(bundle, n: int = 4, seed: int = 0) -> torch.Tensor:
+    c = bundle.unet.config
+    g = torch.Generator().manual_seed(seed)
+    return 0.5 * torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=g)
+
+
+def _run(method: str, bundle, **overrides):
+    """Run one method for a few steps on a fresh copy of `bundle`."""
+    bundle = _fresh(bundle)
+    lat = _latents(bundle)
+    if method == "doco":
+        cfg = DocoConfig(**{**DOCO_FAST, **overrides})
+        return bundle, *train_doco(bundle, TARGETS, ANCHORS, lat, cfg, progress=False)
+    if method == "esd":
+        return bundle, *train_esd(bundle, TARGETS, lat, EsdConfig(**{**FAST, **overrides}), progress=False)
+    return bundle, *train_ca(bundle, TARGETS, ANCHORS, lat, CaConfig(**{**FAST, **overrides}), progress=False)
+
+
+@pytest.fixture(params=["sd", "world"])
+def bundle(request, tiny_sd_bundle, tiny_world_bundle):
+    return tiny_sd_bundle if request.param == "sd" else tiny_world_bundle
+
+
+@pytest.mark.parametrize("method", ["doco", "esd", "ca"])
+def test_method_trains_only_the_lora(method, bundle):
+    base = {n: p.detach().clone() for n, p in bundle.unet.named_parameters()}
+    fresh, unet, history = _run(method, bundle)
+    assert unet is fresh.unet
+    for name, p in unet.named_parameters():
+        if ".lora_" in name:
+            continue
+        assert torch.equal(p, base[name.replace(".base_layer", "")]), f"base weight {name} changed"
+    assert any(p.abs().sum() > 0 for n, p in unet.named_parameters() if ".lora_B." in n)
+    keys = {"doco": doco.HISTORY_KEYS, "esd": esd.HISTORY_KEYS, "ca": ca_mod.HISTORY_KEYS}[method]
+    assert [r["step"] for r in history] == [1, 2, 3]
+    for row in history:
+        assert tuple(row) == keys
+        assert all(v is None or math.isfinite(v) for v in row.values())
+    if method == "doco":
+        assert history[0]["loss_adv"] is None  # warm-up: discriminator only
+        assert all(history[-1][k] is not None for k in keys)
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"surgery": "pcgrad", "d_input": "eps", "d_gets_adv_grads": True, "d_norm": "instance"},
+        {"surgery": "sum", "detach_first_token": False, "lora_group": "full", "d_layers": 1, "log_every": 2},
+    ],
+)
+def test_doco_switches_run(overrides, tiny_world_bundle):
+    _, _, history = _run("doco", tiny_world_bundle, **overrides)
+    assert [r["step"] for r in history] == ([2, 3] if overrides.get("log_every") else [1, 2, 3])
+    assert math.isfinite(history[-1]["loss_adv"])
+
+
+class ToyText:
+    """A stand-in text encoder whose target and anchor contexts are far apart (a clear domain gap)."""
+
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        v = torch.randn(4, 384, generator=torch.Generator().manual_seed(0)) * 30
+        return torch.stack([v if "church" in p else -v for p in prompts])  # (B, 4, 384)
+
+
+def test_doco_discriminator_learns_then_generator_fools_it(tiny_world_bundle):
+    bundle = dataclasses.replace(_fresh(tiny_world_bundle), text=ToyText())
+    cfg = DocoConfig(
+        steps=32, warmup_steps=24, batch_size=8, lr=1e-2, d_lr=2e-3, d_width=32, surgery="sum", prior_weight=0.0
+    )
+    lat = _latents(bundle, n=16, seed=1)
+    _, history = train_doco(bundle, ["a church", "the church"], ["a house", "the house"], lat, cfg, progress=False)
+    warm, gen = history[:24], history[24:]
+    first_d = sum(r["loss_d"] for r in warm[:4]) / 4
+    last = warm[-4:]
+    assert sum(r["loss_d"] for r in last) / 4 < first_d - 0.3
+    assert min((r["d_real_acc"] + r["d_fake_acc"]) / 2 for r in last) > 0.75
+    assert sum(r["loss_adv"] for r in gen[-4:]) / 4 < gen[0]["loss_adv"] - 0.3
+
+
+def test_same_seed_same_lora(tiny_world_bundle):
+    runs = [_run("doco", tiny_world_bundle, seed=s)[1] for s in (3, 3, 4)]
+    a, b, c = ([p.detach() for p in lora_parameters(u)] for u in runs)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, z) for x, z in zip(a, c))
+
+
+def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path):
+    bundle = _fresh(tiny_world_bundle)
+    lat = _latents(bundle)
+    lat[:] = float("nan")
+    out = tmp_path / "lora"
+    with pytest.raises(NaNLossError, match=r"step 1"):
+        unet, _ = train_doco(bundle, TARGETS, ANCHORS, lat, DocoConfig(**DOCO_FAST), progress=False)
+        save_lora(unet, out, {"method": "doco"})
+    assert not out.exists()
+    with pytest.raises(NaNLossError, match="ESD: loss"):
+        train_esd(_fresh(tiny_world_bundle), TARGETS, lat, EsdConfig(**FAST), progress=False)
+
+
+@pytest.mark.parametrize(
+    ("targets", "anchors", "match"),
+    [
+        (TARGETS, TARGETS, "anchor equals target"),
+        (["a church"], ["A Church "], "anchor equals target"),
+        ([], [], "empty"),
+        (TARGETS, ANCHORS[:1], "pair one to one"),
+        (["a church", ""], ANCHORS, "empty prompts"),
+        ("a church", "a house", "not one string"),
+    ],
+)
+def test_bad_prompts_are_rejected(targets, anchors, match, tiny_world_bundle):
+    lat = _latents(tiny_world_bundle)
+    for train, cfg in ((train_doco, DocoConfig(**DOCO_FAST)), (train_ca, CaConfig(**FAST))):
+        with pytest.raises(ValueError, match=match):
+            train(tiny_world_bundle, targets, anchors, lat, cfg, progress=False)
+    assert not getattr(tiny_world_bundle.unet, "peft_config", None)  # rejected before any change
+
+
+def test_bad_latents_and_config_are_rejected(tiny_world_bundle):
+    lat = _latents(tiny_world_bundle)
+    with pytest.raises(ValueError, match="channels"):
+        train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat[:, :4], DocoConfig(**DOCO_FAST), progress=False)
+    with pytest.raises(ValueError, match="surgery mode"):
+        train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat, DocoConfig(**DOCO_FAST, surgery="proj"), progress=False)
+    with pytest.raises(ValueError, match="d_input"):
+        train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat, DocoConfig(**DOCO_FAST, d_input="img"), progress=False)
+    with pytest.raises(ValueError, match="target_prompts is empty"):
+        train_esd(tiny_world_bundle, [], lat, EsdConfig(**FAST), progress=False)
+    with pytest.raises(ValueError, match="prompt index"):
+        train_esd(tiny_world_bundle, TARGETS, lat, EsdConfig(**FAST), target_index=[0, 1, 2, 3], progress=False)
+
+
+def test_plain_lora_step(tiny_world_bundle):
+    bundle = _fresh(tiny_world_bundle)
+    add_lora(bundle.unet, "xattn-kv", 2)
+    params = lora_parameters(bundle.unet)
+    opt = make_optimizer(params, 1e-3)
+    ctx = bundle.text.encode(TARGETS)
+    gen = make_generator(0)
+    losses = [
+        plain_lora_step(bundle.unet, params, opt, bundle.scheduler, _latents(bundle, 2), ctx, gen) for _ in range(2)
+    ]
+    assert all(math.isfinite(x) for x in losses)
+    assert any(p.abs().sum() > 0 for n, p in bundle.unet.named_parameters() if ".lora_B." in n)
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_prediction_algebra_matches_diffusers(kind):
+    from diffusers import DDPMScheduler
+
+    # SD's schedule: with a cosine one, x0 from eps at t=999 divides by sqrt(ab) ~ 0
+    sched = DDPMScheduler(prediction_type=kind, beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    x0 = torch.randn(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    x_t, noise, t = noisy_latents(sched, x0, make_generator(1))
+    assert torch.allclose(x_t, sched.add_noise(x0, noise, t), atol=1e-6)
+    assert torch.allclose(add_noise(sched, x0, noise, t), x_t)
+    target = target_for(sched, x0, noise, t)  # a perfect model's output
+    if kind == "v_prediction":
+        assert torch.allclose(target, sched.get_velocity(x0, noise, t), atol=1e-6)
+    assert torch.allclose(pred_x0(sched, target, x_t, t), x0, atol=1e-3)
+    assert torch.allclose(pred_eps(sched, target, x_t, t), noise, atol=1e-3)

@@ -1,0 +1,45 @@
+"""The Stable Diffusion preset on a tiny random SD pipeline loaded from a diffusers folder."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from cdc.codec import VaeCodec
+from cdc.sampler import sample
+
+FAST = {"steps": 2, "progress": False}
+
+
+def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
+    """Equal up to float round-off of batched kernels: at most 1 level off, on very few pixels."""
+    diff = np.abs(a.astype(int) - b.astype(int))
+    assert a.shape == b.shape and diff.max() <= 1 and (diff > 0).mean() < 0.01
+
+
+def test_sd_bundle_parts(tiny_sd_bundle) -> None:
+    b = tiny_sd_bundle
+    assert b.preset == "sd" and isinstance(b.codec, VaeCodec) and b.dtype == torch.float32
+    ctx = b.text.encode(["a church", ""])
+    assert ctx.shape == (2, 77, 32)
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    z = b.codec.encode(x)
+    assert z.shape == (2, 4, 16, 16) and b.image_size == 32
+    assert b.codec.decode(z).shape == (2, 3, 32, 32)
+    # The training view of the same bundle: noise a latent, predict with the UNet.
+    t = torch.tensor([10, 900])
+    noisy = b.scheduler.add_noise(z, torch.randn_like(z), t)
+    with torch.no_grad():
+        out = b.unet(noisy, t, encoder_hidden_states=ctx).sample
+    assert out.shape == z.shape and torch.isfinite(out).all()
+
+
+def test_sd_sampling_seeded_and_batch_independent(tiny_sd_bundle) -> None:
+    prompts = ["a church", "a fish", "a bomb"]
+    imgs = sample(tiny_sd_bundle, prompts, [0, 1, 2], guidance=7.5, **FAST)
+    assert imgs.shape == (3, 32, 32, 3) and imgs.dtype == np.uint8
+    again = sample(tiny_sd_bundle, prompts, [0, 1, 2], guidance=7.5, batch_size=2, **FAST)
+    assert_same_images(imgs, again)
+    alone = sample(tiny_sd_bundle, ["a bomb"], [2], guidance=7.5, **FAST)
+    assert_same_images(imgs[2], alone[0])
+    assert not np.array_equal(imgs[0], sample(tiny_sd_bundle, ["a church"], [5], guidance=7.5, **FAST)[0])
