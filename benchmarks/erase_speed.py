@@ -21,6 +21,8 @@ latents and B target/anchor prompt pairs; noise and timesteps come from the same
 in every run. The latents are random N(0, 1) tensors of the UNet's input shape: the cost of a step
 does not depend on their content. `--tiny` (or a missing `--model` folder) uses a tiny random world
 UNet, labelled as such in every output: good for testing the script, not for reporting.
+`--random-world` builds the world model's architecture from params.yaml with random weights: the
+step cost of the real model before (or without) pretraining.
 
 `--full-erase` also times one whole DoCo erase (setup included) with the `doco` settings of the
 `erase` section of params.yaml, when that section exists (otherwise it says so and skips).
@@ -124,14 +126,43 @@ def tiny_world_bundle(device: torch.device) -> ModelBundle:
     )
 
 
-def load_model(args: argparse.Namespace, log) -> tuple[ModelBundle, str, bool]:
-    """(bundle, label, tiny): the requested model, or the tiny random one when asked or when it is missing."""
+def random_world_bundle(params_path: Path, device: torch.device) -> ModelBundle:
+    """The world model's architecture from params.yaml (`pretrain`, `world.size`) with RANDOM weights:
+    the step cost of the real model without waiting for pretraining (timing does not depend on weights)."""
+    from cdc.codec import SpaceToDepthCodec
+    from cdc.params import load_params
+    from cdc.text import MiniLMEncoder
+
+    params = load_params(params_path)
+    cfg = params.pretrain
+    torch.manual_seed(cfg.seed)
+    text = MiniLMEncoder(max_length=cfg.max_length, pooled_scale=cfg.pooled_scale)
+    text.to(device)
+    codec = SpaceToDepthCodec(factor=2)
+    unet = make_world_unet(
+        params.world.size // codec.downsample,
+        codec.channels,
+        cfg.block_channels,
+        cfg.cross_attention,
+        cfg.layers_per_block,
+        cfg.attention_head_dim,
+        text.dim,
+    )
+    scheduler = make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
+    return ModelBundle(text=text, unet=unet.to(device).eval(), scheduler=scheduler, codec=codec, preset="world")
+
+
+def load_model(args: argparse.Namespace, log) -> tuple[ModelBundle, str, str]:
+    """(bundle, label, kind): kind "model" (the requested one), "random-world", or "tiny" (asked or model missing)."""
     device = torch.device(args.device)
+    if args.random_world:
+        label = f"RANDOM-WEIGHT world UNet, architecture from {args.params} (--random-world; timing only)"
+        return random_world_bundle(args.params, device), label, "random-world"
     if not args.tiny and args.model and Path(args.model).exists():
-        return load_bundle(args.preset, args.model, device=device), f"{args.preset} model {args.model}", False
+        return load_bundle(args.preset, args.model, device=device), f"{args.preset} model {args.model}", "model"
     if not args.tiny:
         log(f"model folder {args.model!r} not found: falling back to the TINY RANDOM world UNet (--tiny)")
-    return tiny_world_bundle(device), "TINY RANDOM world UNet (--tiny; untrained, for testing the script only)", True
+    return tiny_world_bundle(device), "TINY RANDOM world UNet (--tiny; untrained, for testing the script only)", "tiny"
 
 
 def fixed_data(bundle: ModelBundle, batch_size: int, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -213,6 +244,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--model", default="data/models/world", help="model folder (world) or SD folder/hub id (sd)")
     ap.add_argument("--preset", choices=("world", "sd"), default="world")
     ap.add_argument("--tiny", action="store_true", help="tiny random world UNet instead of --model (testing)")
+    ap.add_argument(
+        "--random-world",
+        action="store_true",
+        help="the world model's architecture (params.yaml) with random weights instead of --model",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
     ap.add_argument("--burn-in", type=int, default=2, help="untimed steps at the start of every run (default 2)")
@@ -262,7 +298,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
 def _run(args: argparse.Namespace, log) -> dict[str, Any]:
     device = torch.device(args.device)
-    bundle, label, tiny = load_model(args, log)
+    bundle, label, kind = load_model(args, log)
     latents, targets, anchors = fixed_data(bundle, args.batch_size, args.seed)
     cfg = DocoConfig(
         batch_size=args.batch_size,
@@ -323,13 +359,15 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
         f"reference: doco_step / plain_step_on_2B_rows = {ratio_2b:.2f}x (a full DoCo step trains on B target "
         "+ B prior rows and also runs the frozen model on B rows)"
     )
-    if tiny:
-        log("NOTE: tiny random UNet: these ratios test the script; report the ones measured on data/models/world.")
+    if kind != "model":
+        log("NOTE: random weights: timings only; report the ones measured on the trained data/models/world.")
 
     full = _full_erase(args, bundle, latents, targets, anchors, cfg, log) if args.full_erase else None
     out = {
         "model": label,
-        "tiny": tiny,
+        "weights": kind,
+        "tiny": kind == "tiny",
+        "random_weights": kind != "model",
         "preset": bundle.preset,
         "device": str(device),
         "threads": torch.get_num_threads(),

@@ -1,0 +1,127 @@
+"""Pretraining, erase pairs, evaluation rows and the report, on tiny models and a small world."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cdc import evaluate as ev
+from cdc.bundle import make_world_scheduler, make_world_unet
+from cdc.erase import erase_pairs, family_of, run_method
+from cdc.errors import NaNLossError
+from cdc.io import save_json
+from cdc.methods import DocoConfig, EsdConfig
+from cdc.params import EvaluateParams, SampleParams, read_yaml
+from cdc.pretrain import caption_pool, lr_at, train_world_model
+from cdc.report import erase_table, latex_table
+from cdc.world.build import build_world
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def world():
+    fam = read_yaml(REPO / "data/world/families.yaml")
+    oos = read_yaml(REPO / "data/prompts/out_of_set.yaml")
+    return build_world(fam, oos, size=32, n_concepts=1, seed=0, templates=["{a}", "{p}"], progress=False)
+
+
+def tiny_training(world, steps, lr=2e-3, seed=0, latents=None):
+    torch.manual_seed(seed)
+    unet = make_world_unet(16, 12, [32, 32], [False, True], 1, 8, 16)
+    latents = torch.randn(4, 12, 16, 16) if latents is None else latents
+    contexts = torch.randn(8, 3, 16).half()
+    index = np.array([0, 1, 2, 3, 0, 1, 2, 3])
+    return train_world_model(unet, make_world_scheduler(), latents, contexts, index, torch.zeros(1, 3, 16),
+                             steps=steps, batch_size=8, lr=lr, warmup_steps=2, ema_decay=0.9, caption_dropout=0.1,
+                             seed=seed, log_every=5, progress=False)
+
+
+def test_caption_pool_covers_every_render(world):
+    pool = caption_pool(world, 3, seed=0)
+    assert len(pool.prompts) == 3 * len(world.images)
+    assert set(pool.image_index.tolist()) == set(range(len(world.images)))
+    assert pool.prompts[0].endswith(world.styles[world.style[0]] + " style")  # canonical caption first
+
+
+def test_pretraining_loss_falls_and_is_seeded(world):
+    _, history = tiny_training(world, 40)
+    assert history[-1]["loss"] < history[0]["loss"]
+    a, _ = tiny_training(world, 3)
+    b, _ = tiny_training(world, 3)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_pretraining_stops_on_nan(world):
+    with pytest.raises(NaNLossError, match="step 0"):
+        tiny_training(world, 3, latents=torch.full((4, 12, 16, 16), float("nan")))
+
+
+def test_lr_schedule_warms_up_then_decays():
+    lrs = [lr_at(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] < lrs[9] == 1.0 and lrs[-1] < 0.2
+
+
+def test_erase_pairs(world):
+    church = erase_pairs(world, "church", [])
+    assert church.target_prompts == ["a church, twemoji style", "a church, openmoji style"]
+    assert church.anchor_prompts == ["a house, twemoji style", "a house, openmoji style"]
+    weapon = erase_pairs(world, "weapon", [])
+    assert "a weapon, openmoji style" in weapon.target_prompts
+    assert set(weapon.anchor_prompts) == {"a hammer, twemoji style", "a hammer, openmoji style"}
+    style = erase_pairs(world, "openmoji", ["cat", "dog"])
+    assert style.target_prompts == ["a cat, openmoji style", "a dog, openmoji style"]
+    assert style.anchor_prompts == ["a cat, twemoji style", "a dog, twemoji style"]
+    assert family_of(world, "articulated-lorry") == "articulated lorry"
+    with pytest.raises(KeyError, match="unknown concept family"):
+        family_of(world, "cathedral")
+    with pytest.raises(ValueError, match="probe"):
+        erase_pairs(world, "openmoji", [])
+
+
+def test_anchor_equal_to_target_is_rejected(world):
+    world.targets["church"]["anchor"], saved = "church", world.targets["church"]["anchor"]
+    try:
+        with pytest.raises(ValueError, match="anchor"):
+            erase_pairs(world, "church", [])
+    finally:
+        world.targets["church"]["anchor"] = saved
+
+
+def test_family_hits(world):
+    drawn = ev.Drawn(["x"] * 3, np.zeros((3, 2, 2, 3), np.uint8),
+                     np.array([world.index("dagger"), world.index("hammer"), world.index("axe")]), np.array([0, 1, 1]))
+    assert ev.family_hits(world, "weapon", drawn).tolist() == [True, False, True]
+    assert ev.family_hits(world, "openmoji", drawn).tolist() == [False, True, True]
+
+
+def test_run_method_on_tiny_world(tiny_world_bundle, world):
+    pairs = erase_pairs(world, "church", [])
+    images = np.full((4, 32, 32, 3), 255, np.uint8)
+    samples = {"anchor_images": images, "anchor_index": np.array([0, 1, 0, 1]),
+               "target_images": images, "target_index": np.array([0, 1, 0, 1])}
+    from cdc.methods import remove_lora
+
+    for method, cfg in [("doco", DocoConfig(steps=2, warmup_steps=1, batch_size=2)),
+                        ("esd", EsdConfig(steps=2, batch_size=2))]:
+        unet, history = run_method(tiny_world_bundle, method, pairs, samples, cfg, progress=False)
+        assert history and all(np.isfinite(h["seconds"]) for h in history)
+        remove_lora(unet)
+    with pytest.raises(ValueError, match="unknown method"):
+        run_method(tiny_world_bundle, "uce", pairs, samples, DocoConfig(), progress=False)
+
+
+def test_report_table(tmp_path):
+    rows = [{"concept": "church", "method": m, "in_set": v, "out_of_set": v, "retain_all": 0.9, "retain_neighbors": r,
+             "world_fid": 3.0} for m, v, r in [("base", 0.9, 0.8), ("doco", 0.0, 0.4)]]
+    save_json(rows, tmp_path / "eval" / "church.json")
+    save_json({"seconds": 12.0, "peak_mem_mb": 900}, tmp_path / "erase" / "church" / "doco.json")
+    table = erase_table(["church"], ["doco"], tmp_path / "eval", tmp_path / "erase")
+    assert table.loc[table.method == "doco", "retain_neighbors_vs_base"].item() == pytest.approx(0.5)
+    assert table.loc[table.method == "doco", "seconds"].item() == 12.0
+    assert "church & doco & 0.00" in latex_table(table)
+    with pytest.raises(ValueError, match="missing rows"):
+        erase_table(["church"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase")
+    with pytest.raises(FileNotFoundError, match="dvc repro evaluate"):
+        erase_table(["fish"], ["doco"], tmp_path / "eval", tmp_path / "erase")
