@@ -20,7 +20,7 @@ class JudgeFeatures(nn.Module):
         # torchmetrics reads this instead of running a dummy image through the network
         self.num_features = judge.feature_dim
 
-    def train(self, mode: bool = True) -> "JudgeFeatures":
+    def train(self, mode: bool = True) -> JudgeFeatures:
         """Stay in eval mode: BatchNorm must use its running statistics, whatever the metric asks."""
         super().train(False)
         return self

@@ -48,9 +48,10 @@ def latex_table(table: pd.DataFrame) -> str:
 
 def world_table(metrics: dict) -> str:
     """The world's numbers (judge, base model, pretraining) as a two-column LaTeX tabular."""
+    pair = "{:.3f} / {:.3f}".format
     rows = [("concepts", f"{metrics['n_concepts']}"),
-            ("judge concept / style accuracy", f"{metrics['judge_concept_acc']:.3f} / {metrics['judge_style_acc']:.3f}"),
-            ("base concept / style accuracy", f"{metrics['base_concept_acc']:.3f} / {metrics['base_style_acc']:.3f}"),
+            ("judge concept / style accuracy", pair(metrics["judge_concept_acc"], metrics["judge_style_acc"])),
+            ("base concept / style accuracy", pair(metrics["base_concept_acc"], metrics["base_style_acc"])),
             ("world-FID of the base model", f"{metrics['world_fid']:.2f}"),
             ("pretraining (min)", f"{metrics['pretrain_seconds'] / 60:.0f}")]
     rows += [(f"out-of-set rate, {f}", f"{v:.2f}") for f, v in metrics["base_oos_rate"].items()]

@@ -12,7 +12,7 @@ from cdc.erase import erase_pairs, family_of, run_method
 from cdc.errors import NaNLossError
 from cdc.io import save_json
 from cdc.methods import DocoConfig, EsdConfig
-from cdc.params import EvaluateParams, SampleParams, read_yaml
+from cdc.params import read_yaml
 from cdc.pretrain import caption_pool, lr_at, train_world_model
 from cdc.report import erase_table, latex_table
 from cdc.world.build import build_world

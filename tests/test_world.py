@@ -63,7 +63,8 @@ def test_build_is_deterministic_and_round_trips(small_world, tmp_path):
 
 def test_out_of_set_prompts_never_in_training(small_world):
     w = small_world
-    training = {normalise(c) for con in w.concepts for s in w.styles for c in all_captions(con["phrases"], s, TEMPLATES)}
+    captions = [c for con in w.concepts for s in w.styles for c in all_captions(con["phrases"], s, TEMPLATES)]
+    training = {normalise(c) for c in captions}
     for prompts in w.out_of_set.values():
         assert not {normalise(p) for p in prompts} & training
 

@@ -70,7 +70,7 @@ def check_out_of_set(out_of_set: dict[str, list[str]], targets: dict, training: 
 
 def build_world(
     families: dict, out_of_set: dict[str, list[str]], *, size: int, n_concepts: int, seed: int,
-    templates: list[str], styles: list[str] = list(STYLES), min_concepts: int = 1, progress: bool = True,
+    templates: list[str], styles: list[str] | tuple[str, ...] = STYLES, min_concepts: int = 1, progress: bool = True,
 ) -> World:
     """Render the chosen concepts in every style and attach phrases, families and prompt sets."""
     targets, extra = families["targets"], families.get("phrases", {})
