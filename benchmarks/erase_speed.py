@@ -48,7 +48,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler, make_world_unet  # noqa: E402
+from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler, make_world_unet, tiny_world_bundle  # noqa: E402
 from cdc.methods.doco import DocoConfig, train_doco  # noqa: E402
 from cdc.methods.lora import GROUPS, add_lora, lora_parameters, remove_lora  # noqa: E402
 from cdc.methods.surgery import MODES  # noqa: E402
@@ -103,27 +103,7 @@ def _sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------- model
-def tiny_world_bundle(device: torch.device) -> ModelBundle:
-    """MiniLM context + a tiny RANDOM world UNet (32x32 images folded to 16x16x12), as in tests/conftest.py."""
-    from cdc.codec import SpaceToDepthCodec
-    from cdc.text import MiniLMEncoder
 
-    torch.manual_seed(0)
-    codec = SpaceToDepthCodec(2)
-    unet = make_world_unet(
-        sample_size=16,
-        in_channels=codec.channels,
-        block_channels=(32, 64),
-        cross_attention=(False, True),
-        layers_per_block=1,
-        attention_head_dim=8,
-        cross_attention_dim=384,
-    )
-    text = MiniLMEncoder()
-    text.to(device)
-    return ModelBundle(
-        text=text, unet=unet.to(device).eval(), scheduler=make_world_scheduler(), codec=codec, preset="world"
-    )
 
 
 def random_world_bundle(params_path: Path, device: torch.device) -> ModelBundle:

@@ -109,6 +109,16 @@ def make_world_scheduler(
     )
 
 
+def tiny_world_bundle(device: str | torch.device = "cpu") -> ModelBundle:
+    """A random tiny world model (MiniLM context, 32x32 images folded to 16x16x12) for tests and benchmarks."""
+    torch.manual_seed(0)
+    codec = SpaceToDepthCodec(2)
+    unet = make_world_unet(16, codec.channels, (32, 64), (False, True), layers_per_block=1, attention_head_dim=8)
+    text = MiniLMEncoder().to(device)
+    return ModelBundle(text=text, unet=unet.to(device).eval(), scheduler=make_world_scheduler(), codec=codec,
+                       preset="world")
+
+
 def load_bundle(
     preset: str, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> ModelBundle:

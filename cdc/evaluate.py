@@ -106,13 +106,13 @@ def erasure_row(
     if fam["kind"] == "style":
         anchor = world.styles.index(fam["anchor"])
         prompts = [canonical_prompt(k, fam["anchor"]) for k in probe]
-        d = draw(bundle, judge, prompts, cfg.images_per_prompt, sampler, **run)
-        expected = np.repeat([world.index(k) for k in probe], cfg.images_per_prompt)
+        d = draw(bundle, judge, prompts, cfg.retain_images, sampler, **run)
+        expected = np.repeat([world.index(k) for k in probe], cfg.retain_images)
         row["retain_neighbors"] = float(((d.concept == expected) & (d.style == anchor)).mean())
     else:
-        row["retain_neighbors"] = concept_accuracy(bundle, judge, world, fam["neighbours"], cfg.images_per_prompt,
+        row["retain_neighbors"] = concept_accuracy(bundle, judge, world, fam["neighbours"], cfg.retain_images,
                                                    sampler, **run)["concept_acc"]
-    row["retain_all"] = concept_accuracy(bundle, judge, world, retain, 1, sampler, **run)["concept_acc"]
+    row["retain_all"] = concept_accuracy(bundle, judge, world, retain, cfg.retain_images, sampler, **run)["concept_acc"]
     row["world_fid"] = fid_against_world(bundle, judge, world, sampler, cfg.fid_images, cfg.seed, **run)
     return row, drawn
 

@@ -276,9 +276,10 @@ class EraseParams:
 class EvaluateParams:
     """Judge every erased model and the base model on the same prompts and seeds."""
 
-    images_per_prompt: int = 4
-    n_retain: int = 60  # retained concepts outside every family (retain_all)
-    fid_images: int = 256  # generated images for world-FID (a fixed seeded subset of renders)
+    images_per_prompt: int = 4  # seeds per in-set and out-of-set prompt
+    retain_images: int = 1  # seeds per (retained concept, style) prompt
+    n_retain: int = 40  # retained concepts outside every family (retain_all)
+    fid_images: int = 200  # generated images for world-FID (a fixed seeded subset of renders)
     seed: int = 777  # sampling seeds, apart from the anchors stage's
 
 

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler, make_world_unet
-from cdc.codec import SpaceToDepthCodec
-from cdc.text import MiniLMEncoder
+import cdc.bundle
+from cdc.bundle import ModelBundle, load_bundle
 
 
 def _byte_chars() -> list[str]:
@@ -92,20 +91,7 @@ def build_tiny_sd_folder(root: Path) -> Path:
 
 def build_tiny_world_bundle() -> ModelBundle:
     """MiniLM context + a tiny random world UNet on 32x32 images folded to 16x16x12."""
-    torch.manual_seed(0)
-    codec = SpaceToDepthCodec(2)
-    unet = make_world_unet(
-        sample_size=16,
-        in_channels=codec.channels,
-        block_channels=(32, 64),
-        cross_attention=(False, True),
-        layers_per_block=1,
-        attention_head_dim=8,
-        cross_attention_dim=384,
-    )
-    return ModelBundle(
-        text=MiniLMEncoder(), unet=unet.eval(), scheduler=make_world_scheduler(), codec=codec, preset="world"
-    )
+    return cdc.bundle.tiny_world_bundle()
 
 
 def save_random_lora_to(unet: torch.nn.Module, folder: Path, seed: int = 0) -> torch.nn.Module:

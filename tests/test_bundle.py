@@ -77,8 +77,9 @@ def test_minilm_context(tiny_world_bundle) -> None:
     text = tiny_world_bundle.text
     ctx = text.encode(["a church", "", "a very long prompt " * 10])
     assert ctx.shape == (3, 25, 384) and text.dim == 384
-    torch.testing.assert_close(ctx[:, -1].norm(dim=-1), torch.ones(3))
-    torch.testing.assert_close(ctx[:, -1], text.pooled(["a church", "", "a very long prompt " * 10]))
+    scale = text.pooled_scale  # the sentence token is the unit-norm pooled embedding, scaled
+    torch.testing.assert_close(ctx[:, -1].norm(dim=-1), torch.full((3,), scale))
+    torch.testing.assert_close(ctx[:, -1], scale * text.pooled(["a church", "", "a very long prompt " * 10]))
     assert ctx[0, 5:24].abs().max() == 0  # "a church" = 4 tokens; padding zeroed
     assert not any(p.requires_grad for p in text.model.parameters())
 

@@ -60,8 +60,8 @@ def test_unknown_key_names_dotted_key_and_known_keys(tmp_path):
 
 
 def test_unknown_section(tmp_path):
-    with pytest.raises(ParamsError, match="unknown section 'erase'"):
-        load_params(write(tmp_path, "erase:\n  lr: 0.1\n"))
+    with pytest.raises(ParamsError, match="unknown section 'eraze'"):
+        load_params(write(tmp_path, "eraze:\n  lr: 0.1\n"))
     with pytest.raises(ParamsError, match="unknown params section 'nope'"):
         load_section("nope", write(tmp_path, "{}\n"))
 

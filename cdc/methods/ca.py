@@ -18,6 +18,7 @@ from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
 from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
+    LoraRunConfig,
     apply_step,
     check_finite,
     check_latents,
@@ -34,20 +35,10 @@ HISTORY_KEYS = ("step", "loss", "loss_ablate", "loss_prior", "seconds")
 
 
 @dataclass(frozen=True)
-class CaConfig:
-    """Knobs of one Concept Ablation run."""
+class CaConfig(LoraRunConfig):
+    """Knobs of one Concept Ablation run (B ablation pairs + B prior pairs when prior_weight > 0)."""
 
-    steps: int = 200
-    lr: float = 1e-4
-    batch_size: int = 8  # B ablation pairs (+ B prior pairs when prior_weight > 0)
     prior_weight: float = 1.0  # 0 turns the prior-preservation term off
-    lora_group: str = "xattn-kv"  # CA's default parameter set: cross-attention K/V
-    lora_rank: int = 4
-    lora_alpha: float | None = None
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    seed: int = 0
-    log_every: int = 1
 
 
 def train_ca(

@@ -42,6 +42,7 @@ from cdc.methods.lora import add_lora, base_model, detach_first_token, lora_para
 from cdc.methods.losses import mse, noisy_latents, pred_eps, pred_x0, target_for, unet_pred
 from cdc.methods.surgery import MODES, clip_grads, combine
 from cdc.methods.train import (
+    LoraRunConfig,
     apply_step,
     check_finite,
     check_latents,
@@ -69,14 +70,18 @@ HISTORY_KEYS = (
 
 
 @dataclass(frozen=True)
-class DocoConfig:
-    """Knobs of one DoCo run (released README values in comments)."""
+class DocoConfig(LoraRunConfig):
+    """Knobs of one DoCo run (released README values in comments).
 
-    steps: int = 300  # total steps, warm-up included (README 2000)
+    Inherited: steps (warm-up included; README 2000), lr (LoRA AdamW; released full K/V: 6e-6 x batch 8),
+    batch_size (B target pairs + B prior pairs per step; README 8 + 8), lora_group (released: attn2.to_k /
+    to_v only), lora_rank, lora_alpha, max_grad_norm (g_a and g_b clipped separately, as released),
+    weight_decay, seed, log_every.
+    """
+
+    steps: int = 300
     warmup_steps: int = 100  # discriminator-only steps (README 1000; Nov-2024 scripts 200)
-    lr: float = 1e-4  # LoRA AdamW lr (released full K/V: 6e-6 x batch 8)
     d_lr: float = 1e-4  # discriminator Adam lr, betas (0.5, 0.999) (README 1e-4 object, 5e-4 style)
-    batch_size: int = 8  # B target pairs + B prior pairs per step (README 8 + 8)
     lam: float = 1.0  # surgery strength lambda (README 1; Nov-2024 scripts 0.5 for objects)
     surgery: str = "cosine"  # "cosine" (HEAD), "pcgrad" (first release) or "sum" (ablation)
     per_tensor: bool = True  # pcgrad per parameter tensor, as the first release's loop
@@ -85,15 +90,8 @@ class DocoConfig:
     d_layers: int | None = None  # stride-2 stages of D; None: >= 3x3 logits (4 on 64x64, 2 on 16x16)
     d_width: int = 64
     d_norm: str = "batch"  # "batch" as released, "instance" or "none"
-    lora_group: str = "xattn-kv"  # released: attn2.to_k / to_v only
-    lora_rank: int = 4
-    lora_alpha: float | None = None  # None: alpha = rank
-    max_grad_norm: float = 1.0  # clip g_a and g_b separately, as released
-    weight_decay: float = 1e-2
     detach_first_token: bool = True  # released: no gradient through K/V of context position 0
     d_gets_adv_grads: bool = False  # True reproduces released quirk 1 (D also steps on dL_adv/dD)
-    seed: int = 0
-    log_every: int = 1
 
 
 def _check_config(cfg: DocoConfig) -> None:

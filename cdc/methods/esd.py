@@ -24,6 +24,7 @@ from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
 from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
+    LoraRunConfig,
     apply_step,
     check_finite,
     check_latents,
@@ -41,20 +42,11 @@ HISTORY_KEYS = ("step", "loss", "seconds")
 
 
 @dataclass(frozen=True)
-class EsdConfig:
-    """Knobs of one ESD run (original CompVis defaults in comments)."""
+class EsdConfig(LoraRunConfig):
+    """Knobs of one ESD run (original CompVis: 1000 iterations of batch 1, lr 1e-5 on full xattn weights)."""
 
-    steps: int = 200  # original: 1000 iterations, batch 1
-    lr: float = 1e-4  # original: 1e-5 on full xattn weights
-    batch_size: int = 8
     negative_guidance: float = 1.0  # eta
     lora_group: str = "xattn"  # ESD-x: all cross-attention projections
-    lora_rank: int = 4
-    lora_alpha: float | None = None
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    seed: int = 0
-    log_every: int = 1
 
 
 def train_esd(

@@ -14,6 +14,22 @@ from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import clip_grads
 
 
+@dataclass(frozen=True)
+class LoraRunConfig:
+    """Knobs every method's LoRA run shares; each method's config adds its own."""
+
+    steps: int = 200
+    lr: float = 1e-4
+    batch_size: int = 8
+    lora_group: str = "xattn-kv"  # cross-attention K/V (DoCo's and CA's released default)
+    lora_rank: int = 4
+    lora_alpha: float | None = None  # None: alpha = rank
+    max_grad_norm: float = 1.0
+    weight_decay: float = 1e-2
+    seed: int = 0
+    log_every: int = 1
+
+
 def check_prompts(prompts: Sequence[str], what: str) -> list[str]:
     """A non-empty list of non-empty strings, or ValueError naming `what`."""
     if isinstance(prompts, str):
