@@ -82,10 +82,6 @@ class JudgeNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.trunc_normal_(m.weight, std=0.02, generator=generator)
                 nn.init.zeros_(m.bias)
-        # zero the last BN of each residual branch so every stage starts close to its skip path
-        for m in self.modules():
-            if isinstance(m, _Stage):
-                nn.init.zeros_(m.conv2[1].weight)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features (B, 4*width) for float (B,3,32,32) in [0,1]."""

@@ -13,17 +13,17 @@ from cdc.judge import JudgeNet, confusion, evaluate_judge, load_judge, predict, 
 
 
 def tiny_world(n_concepts: int = 6, size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Distinct coloured shapes on white: concept = shape+colour, style 0 = filled, style 1 = dark outline."""
+    """Coloured shapes on white: concept = colour (and shape), style 0 = filled, style 1 = dark outline + pale fill."""
     yy, xx = np.mgrid[0:size, 0:size] + 0.5
     r = (xx - size / 2) ** 2 + (yy - size / 2) ** 2
     box = np.maximum(np.abs(xx - size / 2), np.abs(yy - size / 2))
     diamond = np.abs(xx - size / 2) + np.abs(yy - size / 2)
     shapes = [r <= 10**2, box <= 9, diamond <= 12]  # circle, square, diamond
-    colours = [(220, 40, 40), (40, 90, 220)]
+    colours = [(220, 40, 40), (40, 90, 220), (40, 180, 60), (240, 200, 30), (160, 60, 200), (30, 190, 200)]
     images, concepts, styles = [], [], []
     for c in range(n_concepts):
         mask = shapes[c % len(shapes)]
-        col = np.array(colours[(c // len(shapes)) % len(colours)])
+        col = np.array(colours[c % len(colours)])
         inner = np.zeros_like(mask)
         inner[2:-2, 2:-2] = mask[:-4, :-4] & mask[4:, 4:] & mask[:-4, 4:] & mask[4:, :-4]
         for s in range(2):
