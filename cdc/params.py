@@ -234,7 +234,7 @@ class PretrainParams:
 class SampleParams:
     """The sampler every later stage uses (DDIM with classifier-free guidance)."""
 
-    steps: int = 30
+    steps: int = 20
     guidance: float = 1.5
     eta: float = 1.0  # 0 = deterministic DDIM, 1 = DDPM-like stochastic steps
     batch_size: int = 64
