@@ -133,7 +133,7 @@ def train_judge(
     concepts: np.ndarray,
     styles: np.ndarray,
     *,
-    steps: int = 800,
+    steps: int = 1500,
     batch_size: int = 128,
     lr: float = 3e-3,
     width: int = 32,
