@@ -215,10 +215,18 @@ def save_world_bundle(bundle: ModelBundle, path: str | Path) -> None:
 
 
 def apply_lora(unet: UNet2DConditionModel, path: str | Path, adapter_name: str = "default") -> UNet2DConditionModel:
-    """Load a diffusers-format LoRA folder into `unet` in place (keys with or without the 'unet.' prefix)."""
+    """Load a diffusers-format LoRA folder into `unet` in place (keys with or without the 'unet.' prefix).
+
+    A folder written by cdc (with its cdc_config.json) is first checked to be made for this UNet's
+    architecture; LoRAs from elsewhere are loaded as they are.
+    """
     from safetensors import safe_open
 
+    from cdc.methods.lora import CONFIG_NAME, check_lora_fits
+
     path = Path(path)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        check_lora_fits(unet, path)
     weights = path / LORA_WEIGHT_NAME if path.is_dir() else path
     if not weights.is_file():
         raise FileNotFoundError(f"LoRA weights not found: {weights}")

@@ -218,6 +218,8 @@ class PretrainParams:
     captions_per_image: int = 24  # training captions drawn per render from phrases x templates x styles
     max_length: int = 24  # MiniLM tokens per prompt (plus one sentence-embedding token)
     pooled_scale: float = 8.0  # norm of the sentence-embedding token, ~ the token states' norms
+    token_dropout: float = 0.0  # probability that a caption keeps only its sentence token in training
+    pooled_noise: float = 0.0  # norm of the noise added to the unit sentence embedding in training
     seed: int = 0
     log_every: int = 50
 

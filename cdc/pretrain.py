@@ -59,6 +59,25 @@ def lr_at(step: int, total: int, warmup: int, peak: float) -> float:
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))
 
 
+def augment_context(ctx: torch.Tensor, token_dropout: float, pooled_noise: float,
+                    gen: torch.Generator) -> torch.Tensor:
+    """Training-time augmentation of MiniLM contexts (B, L+1, D) whose last token is the sentence token."""
+    if token_dropout == 0 and pooled_noise == 0:
+        return ctx
+    ctx = ctx.clone()
+    b, _, d = ctx.shape
+    # Draw both regardless of the settings, so that turning one on does not reshuffle the other.
+    keep_only_pooled = torch.rand(b, generator=gen) < token_dropout  # (B,)
+    direction = torch.randn(b, d, generator=gen) / d**0.5  # (B, D), norm ~1
+    ctx[keep_only_pooled, :-1] = 0.0
+    if pooled_noise > 0:
+        pooled = ctx[:, -1]  # (B, D), norm = pooled_scale
+        scale = pooled.norm(dim=-1, keepdim=True).clamp_min(1e-8)
+        moved = F.normalize(pooled / scale + pooled_noise * direction, dim=-1)
+        ctx[:, -1] = moved * scale
+    return ctx
+
+
 def train_world_model(
     unet: UNet2DConditionModel,
     scheduler: DDPMScheduler,
@@ -74,6 +93,8 @@ def train_world_model(
     ema_decay: float,
     caption_dropout: float,
     seed: int,
+    token_dropout: float = 0.0,
+    pooled_noise: float = 0.0,
     log_every: int = 50,
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
@@ -82,11 +103,18 @@ def train_world_model(
 
     latents (N, C, h, w) are the renders in UNet space; contexts (P, L, D) the encoded captions and
     pool_index (P,) the render each caption describes; null_context (1, L, D) is the empty prompt.
+    The last context token is the scaled sentence embedding (MiniLMEncoder). token_dropout is the
+    probability that a caption keeps only that token (the token states are zeroed, as padding is), so the
+    model learns to draw from the sentence embedding alone; pooled_noise is the norm of a random
+    perturbation of the unit sentence embedding, so nearby sentences (paraphrases) draw the same thing.
+    Batches are drawn on the CPU with one seeded generator and moved to the UNet's device, so the
+    sequence of batches does not depend on the device.
     """
     if len(contexts) != len(pool_index) or len(contexts) == 0:
         raise ValueError(f"{len(contexts)} contexts for {len(pool_index)} caption/image pairs")
     gen = torch.Generator().manual_seed(seed)
     index = torch.from_numpy(pool_index)
+    device = next(unet.parameters()).device
     ema = [p.detach().clone() for p in unet.parameters()]
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     unet.train()
@@ -98,9 +126,11 @@ def train_world_model(
         x0 = latents[index[pick]]  # (B, C, h, w)
         ctx = contexts[pick].float()  # (B, L, D)
         drop = torch.rand(batch_size, generator=gen) < caption_dropout
+        ctx = augment_context(ctx, token_dropout, pooled_noise, gen)
         ctx[drop] = null_context.float()
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
+        x0, ctx, noise, t = x0.to(device), ctx.to(device), noise.to(device), t.to(device)
         x_t = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
         loss = F.mse_loss(unet(x_t, t, ctx).sample, target)
@@ -131,21 +161,25 @@ def train_world_model(
     return unet.eval(), history
 
 
-def pretrain_world(world: World, cfg: PretrainParams, *, progress: bool = True) -> tuple[ModelBundle, list[dict]]:
-    """Everything the `pretrain` stage does between loading the world and saving the model."""
+def pretrain_world(
+    world: World, cfg: PretrainParams, *, device: str = "cpu", progress: bool = True
+) -> tuple[ModelBundle, list[dict]]:
+    """Everything the `pretrain` stage does between loading the world and saving the model (returned on CPU)."""
     torch.manual_seed(cfg.seed)  # UNet initialisation
-    text = MiniLMEncoder(max_length=cfg.max_length, pooled_scale=cfg.pooled_scale)
+    text = MiniLMEncoder(max_length=cfg.max_length, pooled_scale=cfg.pooled_scale).to(device)
     codec = SpaceToDepthCodec(factor=2)
     size = world.images.shape[1] // codec.downsample
     unet = make_world_unet(size, 3 * codec.downsample**2, cfg.block_channels, cfg.cross_attention,
-                           cfg.layers_per_block, cfg.attention_head_dim, text.dim)
+                           cfg.layers_per_block, cfg.attention_head_dim, text.dim).to(device)
     scheduler = make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
     pool = caption_pool(world, cfg.captions_per_image, cfg.seed)
-    contexts = encode_prompts(text, pool.prompts, progress=progress)
+    # Contexts stay on the CPU (P, L, D) in float16; each batch moves to the device.
+    contexts = encode_prompts(text, pool.prompts, progress=progress).cpu()
     unet, history = train_world_model(
-        unet, scheduler, encode_images(codec, world.images), contexts, pool.image_index, text.encode([""]),
+        unet, scheduler, encode_images(codec, world.images), contexts, pool.image_index, text.encode([""]).cpu(),
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
         ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=cfg.seed,
-        log_every=cfg.log_every, progress=progress,
+        token_dropout=cfg.token_dropout, pooled_noise=cfg.pooled_noise, log_every=cfg.log_every, progress=progress,
     )
-    return ModelBundle(text=text, unet=unet, scheduler=scheduler, codec=codec, preset="world"), history
+    bundle = ModelBundle(text=text.to("cpu"), unet=unet.to("cpu"), scheduler=scheduler, codec=codec, preset="world")
+    return bundle, history

@@ -55,3 +55,19 @@ def test_full_erase_reads_params_erase_section(erase_speed, tmp_path):
 def test_bad_arguments_are_rejected(erase_speed):
     with pytest.raises(SystemExit):
         erase_speed.parse_args(["--steps", "0"])
+
+
+def test_pretrain_recipe_overrides_are_checked():
+    spec = importlib.util.spec_from_file_location("pretrain_recipes", SCRIPT.parent / "pretrain_recipes.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from cdc.errors import ParamsError
+    from cdc.params import PretrainParams
+
+    recipe = "steps=10 pooled_noise=0.25 block_channels=[32,32] cross_attention=[false,true]"
+    cfg = module.override(PretrainParams(), recipe)
+    assert (cfg.steps, cfg.pooled_noise, cfg.block_channels) == (10, 0.25, [32, 32])
+    with pytest.raises(ParamsError, match="pretrain.stepz"):
+        module.override(cfg, "stepz=3")
+    with pytest.raises(ValueError, match="key=value"):
+        module.override(cfg, "steps")

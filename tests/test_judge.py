@@ -42,7 +42,8 @@ def tiny_world(n_concepts: int = 6, size: int = 32) -> tuple[np.ndarray, np.ndar
 @pytest.fixture(scope="module")
 def trained() -> tuple[JudgeNet, list[dict[str, float]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     data = tiny_world()
-    judge, history = train_judge(*data, steps=60, batch_size=32, lr=5e-3, width=16, seed=0, progress=False, log_every=10)
+    judge, history = train_judge(*data, steps=60, batch_size=32, lr=5e-3, width=16, seed=0, progress=False,
+                                 log_every=10)
     return judge, history, data
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
+from cdc.bundle import apply_lora
 from cdc.errors import CdcError
 from cdc.methods import lora as L
 
@@ -153,6 +154,8 @@ def test_lora_from_another_model_is_rejected(tiny_sd_bundle, world_unet, tmp_pat
     L.save_lora(_trained(world_unet), tmp_path / "world", {"method": "doco"})
     with pytest.raises(CdcError, match="another model"):
         L.load_lora(other, tmp_path / "world")
+    with pytest.raises(CdcError, match="another model"):  # the path `cdc generate --lora` takes
+        apply_lora(other, tmp_path / "world")
     with pytest.raises(FileNotFoundError, match="cdc_config.json"):
         (tmp_path / "world" / L.CONFIG_NAME).unlink()
         L.load_lora(other, tmp_path / "world")

@@ -13,7 +13,7 @@ from cdc.errors import NaNLossError
 from cdc.io import save_json
 from cdc.methods import DocoConfig, EsdConfig
 from cdc.params import read_yaml
-from cdc.pretrain import caption_pool, lr_at, train_world_model
+from cdc.pretrain import augment_context, caption_pool, lr_at, train_world_model
 from cdc.report import erase_table, latex_table
 from cdc.world.build import build_world
 
@@ -56,6 +56,21 @@ def test_pretraining_loss_falls_and_is_seeded(world):
 def test_pretraining_stops_on_nan(world):
     with pytest.raises(NaNLossError, match="step 0"):
         tiny_training(world, 3, latents=torch.full((4, 12, 16, 16), float("nan")))
+
+
+def test_context_augmentation_keeps_the_sentence_token_norm():
+    ctx = torch.randn(256, 5, 16)
+    ctx[:, -1] = 8.0 * torch.nn.functional.normalize(ctx[:, -1], dim=-1)  # the scaled sentence token
+    assert augment_context(ctx, 0.0, 0.0, torch.Generator().manual_seed(0)) is ctx  # off: untouched
+    out = augment_context(ctx, 0.5, 0.5, torch.Generator().manual_seed(0))
+    again = augment_context(ctx, 0.5, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, again)  # seeded
+    torch.testing.assert_close(out[:, -1].norm(dim=-1), torch.full((256,), 8.0))
+    cos = torch.nn.functional.cosine_similarity(out[:, -1], ctx[:, -1], dim=-1)
+    assert 0.7 < cos.mean() < 0.99  # moved, but stays near the original sentence
+    dropped = (out[:, :-1] == 0).all(dim=(1, 2))
+    assert 0.35 < dropped.float().mean() < 0.65
+    torch.testing.assert_close(out[~dropped, :-1], ctx[~dropped, :-1])  # kept token states are unchanged
 
 
 def test_lr_schedule_warms_up_then_decays():

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
+from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
@@ -23,12 +23,13 @@ from cdc.methods.train import (
     check_finite,
     check_latents,
     check_pairs,
+    check_run_config,
     grads_of,
     make_generator,
-    make_optimizer,
     paired_data,
     progress_bar,
     prompt_index,
+    start_lora_run,
 )
 
 HISTORY_KEYS = ("step", "loss", "loss_ablate", "loss_prior", "seconds")
@@ -54,8 +55,7 @@ def train_ca(
 
     Same data contract as `train_doco`: paired prompt lists and (N, C, h, w) anchor samples.
     """
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.log_every < 1:
-        raise ValueError(f"need steps, batch_size and log_every >= 1; got {cfg}")
+    check_run_config(cfg)
     targets, anchors = check_pairs(target_prompts, anchor_prompts)
     latents = check_latents(anchor_latents, bundle.unet, "anchor_latents")
     index = prompt_index(latents.shape[0], len(targets), anchor_index)
@@ -63,10 +63,8 @@ def train_ca(
     data = paired_data(bundle, latents, index, targets, anchors)
     gen = make_generator(cfg.seed)
 
-    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-    params = lora_parameters(unet)
-    layers = tuner_layers(unet)  # for base_model(): the frozen model is the LoRA UNet, adapters off
-    opt = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    run = start_lora_run(unet, cfg)
+    params, layers, opt = run.params, run.layers, run.optimizer
     history: list[dict] = []
     start = time.perf_counter()
     for step in progress_bar(cfg.steps, progress, "CA"):

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cdc.methods.discriminator import make_discriminator
-from cdc.methods.lora import add_lora, base_model, detach_first_token, lora_parameters, route_grads, tuner_layers
+from cdc.methods.lora import base_model, detach_first_token, route_grads
 from cdc.methods.losses import mse, noisy_latents, pred_eps, pred_x0, target_for, unet_pred
 from cdc.methods.surgery import MODES, clip_grads, combine
 from cdc.methods.train import (
@@ -49,10 +49,10 @@ from cdc.methods.train import (
     check_pairs,
     grads_of,
     make_generator,
-    make_optimizer,
     paired_data,
     progress_bar,
     prompt_index,
+    start_lora_run,
 )
 
 REAL, FAKE = 0.0, 1.0  # released label convention: anchor/real = 0, target/fake = 1
@@ -135,10 +135,8 @@ def train_doco(
     gen = make_generator(cfg.seed)
     to_d = pred_x0 if cfg.d_input == "x0" else pred_eps
 
-    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-    params = lora_parameters(unet)
-    layers = tuner_layers(unet)  # for base_model(): the frozen model is the LoRA UNet, adapters off
-    opt = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    run = start_lora_run(unet, cfg)
+    params, layers, opt = run.params, run.layers, run.optimizer
     disc = make_discriminator(
         latents.shape[1], latents.shape[-1], cfg.d_layers, cfg.d_width, cfg.d_norm, cfg.seed, unet.device
     )

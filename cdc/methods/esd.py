@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
+from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
@@ -29,13 +29,14 @@ from cdc.methods.train import (
     check_finite,
     check_latents,
     check_prompts,
+    check_run_config,
     encode,
     grads_of,
     make_generator,
-    make_optimizer,
     paired_data,
     progress_bar,
     prompt_index,
+    start_lora_run,
 )
 
 HISTORY_KEYS = ("step", "loss", "seconds")
@@ -63,8 +64,7 @@ def train_esd(
         target_latents: (N, C, h, w) base-model samples of the target prompts, in UNet space.
         target_index: prompt id of each latent (default: latent i <- prompt i % P).
     """
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.log_every < 1:
-        raise ValueError(f"need steps, batch_size and log_every >= 1; got {cfg}")
+    check_run_config(cfg)
     targets = check_prompts(target_prompts, "target_prompts")
     latents = check_latents(target_latents, bundle.unet, "target_latents")
     index = prompt_index(latents.shape[0], len(targets), target_index)
@@ -73,10 +73,8 @@ def train_esd(
     uncond = encode(bundle.text, [""], unet.device, unet.dtype)  # (1, L, D)
     gen = make_generator(cfg.seed)
 
-    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-    params = lora_parameters(unet)
-    layers = tuner_layers(unet)  # for base_model(): the frozen model is the LoRA UNet, adapters off
-    opt = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    run = start_lora_run(unet, cfg)
+    params, layers, opt = run.params, run.layers, run.optimizer
     history: list[dict] = []
     start = time.perf_counter()
     for step in progress_bar(cfg.steps, progress, "ESD"):

@@ -255,11 +255,9 @@ def load_lora_config(path: str | Path) -> dict[str, Any]:
     return load_json(path / CONFIG_NAME)
 
 
-def load_lora(
-    unet: nn.Module, path: str | Path, adapter_name: str = "default", strict_weights: bool = False
-) -> nn.Module:
-    """Load a LoRA saved by `save_lora` into `unet` in place, after checking it was made for this
-    architecture (CdcError otherwise; with strict_weights, also for these exact base weights)."""
+def check_lora_fits(unet: nn.Module, path: str | Path, strict_weights: bool = False) -> dict[str, Any]:
+    """The config of a LoRA saved by `save_lora`, after checking it was made for this architecture
+    (CdcError otherwise; with strict_weights, also for these exact base weights)."""
     meta = load_lora_config(path)
     targets = list(meta.get("lora", {}).get("targets", []))
     if not targets or "base_fingerprint" not in meta:
@@ -272,12 +270,19 @@ def load_lora(
         )
     if strict_weights and weights_hash(unet, targets) != meta.get("base_weights"):
         raise CdcError(f"LoRA {path} was trained on other base weights of the same architecture")
+    return meta
+
+
+def load_lora(
+    unet: nn.Module, path: str | Path, adapter_name: str = "default", strict_weights: bool = False
+) -> nn.Module:
+    """Load a LoRA saved by `save_lora` into `unet` in place, after `check_lora_fits`."""
+    from cdc.bundle import apply_lora
+
+    check_lora_fits(unet, path, strict_weights)
     if adapter_name in (getattr(unet, "peft_config", None) or {}):
         raise ValueError(f"the UNet already has an adapter named {adapter_name!r}")
     try:
-        unet.load_lora_adapter(
-            str(path), weight_name=WEIGHT_NAME, prefix="unet", adapter_name=adapter_name, local_files_only=True
-        )
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise CdcError(f"LoRA {path} does not fit this UNet: {e}") from e
-    return unet
+        return apply_lora(unet, path, adapter_name)
+    except ValueError as e:
+        raise CdcError(str(e)) from e

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor, nn
 
 from cdc.errors import NaNLossError
+from cdc.methods.lora import add_lora, lora_parameters, tuner_layers
 from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import clip_grads
 
@@ -28,6 +29,29 @@ class LoraRunConfig:
     weight_decay: float = 1e-2
     seed: int = 0
     log_every: int = 1
+
+
+def check_run_config(cfg: LoraRunConfig) -> None:
+    """Reject loop sizes that cannot run, naming the knobs."""
+    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.log_every < 1:
+        raise ValueError(f"need steps, batch_size and log_every >= 1; got {cfg}")
+
+
+@dataclass
+class LoraRun:
+    """What a method trains: the LoRA parameters, their optimiser, and the tuner layers that
+    `base_model()` switches off to get the frozen model (so no second UNet copy is held)."""
+
+    params: list[nn.Parameter]
+    layers: list[nn.Module]
+    optimizer: torch.optim.AdamW
+
+
+def start_lora_run(unet: nn.Module, cfg: LoraRunConfig) -> LoraRun:
+    """Wrap `unet` with a fresh seeded LoRA of cfg's group and rank and make its optimiser."""
+    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
+    params = lora_parameters(unet)
+    return LoraRun(params, tuner_layers(unet), make_optimizer(params, cfg.lr, cfg.weight_decay))
 
 
 def check_prompts(prompts: Sequence[str], what: str) -> list[str]:

@@ -8,8 +8,10 @@ import re
 
 # Phrases that say which style to draw; "" leaves the style open, so the model learns both for it.
 STYLE_SUFFIXES: dict[str, tuple[str, ...]] = {
-    "twemoji": ("", ", twemoji style", " in flat twemoji style", ", flat colour emoji"),
-    "openmoji": ("", ", openmoji style", " in openmoji line art style", ", outlined openmoji emoji"),
+    "twemoji": ("", ", twemoji style", " in flat twemoji style", ", flat colour emoji", ", flat twemoji icon",
+                ", filled colour emoji"),
+    "openmoji": ("", ", openmoji style", " in openmoji line art style", ", outlined openmoji emoji",
+                 ", openmoji outline icon", ", line art emoji"),
 }
 # The one caption per (concept, style) used wherever a canonical in-set prompt is needed.
 CANONICAL_STYLE = {"twemoji": ", twemoji style", "openmoji": ", openmoji style"}
