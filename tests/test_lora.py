@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+import json
 
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+from safetensors import safe_open
 
 from cdc.bundle import apply_lora
 from cdc.errors import CdcError
@@ -124,6 +126,10 @@ def test_save_load_round_trip_keeps_alpha(world_unet, tmp_path):
     assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [L.CONFIG_NAME, L.WEIGHT_NAME]
     meta = L.load_lora_config(tmp_path / "lora")
     assert meta["method"] == "doco" and meta["lora"]["alpha"] == 8.0
+    # Same weights, same bytes: the adapter metadata must not carry peft's set order (it varies by process).
+    with safe_open(str(tmp_path / "lora" / L.WEIGHT_NAME), "pt") as f:
+        targets = json.loads(f.metadata()["lora_adapter_metadata"])["unet.target_modules"]
+    assert targets == sorted(targets) and len(targets) > 1
     L.load_lora(fresh, tmp_path / "lora")
     assert torch.allclose(_out(fresh, inputs), want, atol=1e-5)
     # ... and with plain diffusers, no cdc involved.

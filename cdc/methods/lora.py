@@ -230,15 +230,17 @@ def save_lora(unet: nn.Module, path: str | Path, config: dict[str, Any]) -> Path
         "base_fingerprint": fingerprint(unet, targets),
         "base_weights": weights_hash(unet, targets),
     }
+    # The adapter metadata carries lora_alpha: without it loaders assume alpha == rank. peft keeps
+    # target_modules as a set, whose order changes from process to process (string hashing): sorted,
+    # the same weights give the same file bytes, so DVC sees an unchanged LoRA as unchanged.
+    adapter = peft["default"].to_dict()
+    if isinstance(adapter.get("target_modules"), (set, list, tuple)):
+        adapter["target_modules"] = sorted(adapter["target_modules"])
     path = Path(path)
     with atomic_path(path) as tmp:
         tmp.mkdir(parents=True)
-        # The adapter metadata carries lora_alpha: without it loaders assume alpha == rank.
         StableDiffusionPipeline.save_lora_weights(
-            str(tmp),
-            unet_lora_layers=state,
-            safe_serialization=True,
-            unet_lora_adapter_metadata=peft["default"].to_dict(),
+            str(tmp), unet_lora_layers=state, safe_serialization=True, unet_lora_adapter_metadata=adapter
         )
         save_json(meta, tmp / CONFIG_NAME)
     return path
