@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cdc import evaluate as ev  # noqa: E402
-from cdc.judge import load_judge  # noqa: E402
-from cdc.params import PretrainParams, from_dict, load_params, parse_yaml  # noqa: E402
+from cdc.judge import JudgeNet, load_judge  # noqa: E402
+from cdc.params import Params, PretrainParams, from_dict, load_params, parse_yaml  # noqa: E402
 from cdc.pretrain import pretrain_world  # noqa: E402
 from cdc.system import hardware  # noqa: E402
-from cdc.world.data import load_world  # noqa: E402
+from cdc.world.data import World, load_world  # noqa: E402
 
 
 def override(cfg: PretrainParams, recipe: str) -> PretrainParams:
@@ -42,12 +42,9 @@ def override(cfg: PretrainParams, recipe: str) -> PretrainParams:
     return from_dict(PretrainParams, data, "pretrain")  # unknown keys and wrong types fail here
 
 
-def measure(recipe: str, args: argparse.Namespace) -> dict:
+def measure(recipe: str, params: Params, world: World, judge: JudgeNet, args: argparse.Namespace) -> dict:
     """Train one recipe and measure the base model it gives."""
-    params = load_params(args.params)
     cfg = override(params.pretrain, recipe)
-    world = load_world(args.world)
-    judge = load_judge(args.judge)
     start = time.perf_counter()
     bundle, history = pretrain_world(world, cfg, device=args.device, progress=True)
     seconds = time.perf_counter() - start
@@ -76,10 +73,11 @@ def main() -> None:
     parser.add_argument("--sample-batch", type=int, default=256)
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
+    params, world, judge = load_params(args.params), load_world(args.world), load_judge(args.judge)
     rows = []
     print(f"hardware: {hardware()} device: {args.device}")
     for recipe in args.recipe or [""]:
-        row = measure(recipe, args)
+        row = measure(recipe, params, world, judge, args)
         rows.append(row)
         oos = " ".join(f"{f}={v:.2f}" for f, v in row["base_oos_rate"].items())
         print(f"[{recipe or 'params.yaml'}] {row['pretrain_seconds']:.0f} s  acc {row['base_concept_acc']:.3f}"
