@@ -25,38 +25,25 @@ sys.path.insert(0, str(REPO))
 
 from cdc import evaluate as ev  # noqa: E402
 from cdc.judge import JudgeNet, load_judge  # noqa: E402
-from cdc.params import Params, PretrainParams, from_dict, load_params, parse_yaml  # noqa: E402
+from cdc.params import Params, load_params, with_overrides  # noqa: E402
 from cdc.pretrain import pretrain_world  # noqa: E402
 from cdc.system import hardware  # noqa: E402
 from cdc.world.data import World, load_world  # noqa: E402
 
 
-def override(cfg: PretrainParams, recipe: str) -> PretrainParams:
-    """cfg with 'key=value' pairs applied; values are YAML (so 0.5, [64, 128] and true work)."""
-    data = dataclasses.asdict(cfg)
-    for pair in recipe.split():
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"recipe item {pair!r} is not key=value")
-        data[key] = parse_yaml(value, f"--recipe {pair}")
-    return from_dict(PretrainParams, data, "pretrain")  # unknown keys and wrong types fail here
-
-
 def measure(recipe: str, params: Params, world: World, judge: JudgeNet, args: argparse.Namespace) -> dict:
     """Train one recipe and measure the base model it gives."""
-    cfg = override(params.pretrain, recipe)
+    cfg = with_overrides(params.pretrain, recipe, "pretrain")
     start = time.perf_counter()
     bundle, history = pretrain_world(world, cfg, device=args.device, progress=True)
     seconds = time.perf_counter() - start
     bundle.text.to(args.device)
     bundle.unet.to(args.device)
     sampler = dataclasses.replace(params.sample, batch_size=args.sample_batch)
-    members = [m for f in world.targets.values() for m in f["members"]]
-    keys = members + ev.other_concepts(world, params.base.n_other_concepts, params.base.seed)
+    keys = ev.base_keys(world, params.base.n_other_concepts, params.base.seed)
     n = params.base.images_per_prompt
     in_set = ev.concept_accuracy(bundle, judge, world, keys, n, sampler, progress=False)
-    oos = {f: float(ev.family_hits(world, f, ev.draw(bundle, judge, p, n, sampler, progress=False)).mean())
-           for f, p in world.out_of_set.items()}
+    oos = ev.family_rates(world, ev.draw_out_of_set(bundle, judge, world, n, sampler, progress=False))
     fid = ev.fid_against_world(bundle, judge, world, sampler, progress=False)
     return {"recipe": recipe, "pretrain_seconds": round(seconds, 1), "final_loss": history[-1]["loss"],
             "base_concept_acc": in_set["concept_acc"], "base_style_acc": in_set["style_acc"],

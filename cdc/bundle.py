@@ -214,11 +214,14 @@ def save_world_bundle(bundle: ModelBundle, path: str | Path) -> None:
         save_json(meta, tmp / "codec.json")
 
 
-def apply_lora(unet: UNet2DConditionModel, path: str | Path, adapter_name: str = "default") -> UNet2DConditionModel:
+def apply_lora(
+    unet: UNet2DConditionModel, path: str | Path, adapter_name: str = "default", strict_weights: bool = False
+) -> UNet2DConditionModel:
     """Load a diffusers-format LoRA folder into `unet` in place (keys with or without the 'unet.' prefix).
 
     A folder written by cdc (with its cdc_config.json) is first checked to be made for this UNet's
-    architecture; LoRAs from elsewhere are loaded as they are.
+    architecture (with strict_weights, for these exact base weights); LoRAs from elsewhere are loaded
+    as they are.
     """
     from safetensors import safe_open
 
@@ -226,7 +229,7 @@ def apply_lora(unet: UNet2DConditionModel, path: str | Path, adapter_name: str =
 
     path = Path(path)
     if path.is_dir() and (path / CONFIG_NAME).is_file():
-        check_lora_fits(unet, path)
+        check_lora_fits(unet, path, strict_weights)
     weights = path / LORA_WEIGHT_NAME if path.is_dir() else path
     if not weights.is_file():
         raise FileNotFoundError(f"LoRA weights not found: {weights}")

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
+from cdc.io import atomic_path, load_json, save_json, save_npz
 from cdc.methods import CaConfig, DocoConfig, EsdConfig, train_ca, train_doco, train_esd
 from cdc.world.captions import canonical_prompt
 from cdc.world.data import World
@@ -53,6 +55,30 @@ def erase_pairs(world: World, family: str, probe: Sequence[str]) -> Pairs:
     if any(t == a for t, a in zip(targets, anchors)):
         raise ValueError(f"family {family!r}: the anchor prompt equals a target prompt")
     return Pairs(family, targets, anchors)
+
+
+def save_anchors(path: str | Path, pairs: Pairs, probe: list[str], samples: dict[str, np.ndarray]) -> Path:
+    """Write an anchors folder atomically: samples.npz (images and their prompt ids) and pairs.json
+    (the pairs and, for a style family, the probe objects)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.mkdir(parents=True)
+        save_npz(tmp / "samples.npz", **samples)
+        save_json({**asdict(pairs), "probe": list(probe)}, tmp / "pairs.json")
+    return path
+
+
+def load_anchors(path: str | Path) -> tuple[Pairs, list[str], dict[str, np.ndarray]]:
+    """(pairs, probe objects, samples) of an anchors folder written by `save_anchors`."""
+    path = Path(path)
+    for name in ("pairs.json", "samples.npz"):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"no anchors in {path} (missing {name}): run `dvc repro anchors` first")
+    raw = load_json(path / "pairs.json")
+    probe = raw.pop("probe", [])
+    with np.load(path / "samples.npz") as npz:
+        samples = {k: npz[k] for k in npz.files}
+    return Pairs(**raw), probe, samples
 
 
 def run_method(

@@ -118,3 +118,23 @@ def other_concepts(world: World, n: int, seed: int) -> list[str]:
     rest = [c["key"] for c in world.concepts if c["key"] not in members]
     rng = np.random.default_rng(seed)
     return sorted(rng.choice(rest, size=min(n, len(rest)), replace=False).tolist())
+
+
+def base_keys(world: World, n_other: int, seed: int) -> list[str]:
+    """What the base model's accuracy is measured on: every target member, then n_other seeded other concepts."""
+    members = [m for f in world.targets.values() for m in f["members"]]
+    return members + other_concepts(world, n_other, seed)
+
+
+def draw_out_of_set(
+    bundle: ModelBundle, judge: JudgeNet, world: World, n_images: int, sampler: SampleParams,
+    *, unet: nn.Module | None = None, progress: bool = True,
+) -> dict[str, Drawn]:
+    """Every target family's out-of-set prompts, drawn n_images times each and judged."""
+    return {f: draw(bundle, judge, p, n_images, sampler, unet=unet, progress=progress)
+            for f, p in world.out_of_set.items()}
+
+
+def family_rates(world: World, drawn: dict[str, Drawn]) -> dict[str, float]:
+    """Per family, the fraction of its drawn images the judge sees as the family."""
+    return {f: float(family_hits(world, f, d).mean()) for f, d in drawn.items()}

@@ -157,3 +157,23 @@ __all__ = [
     "save_npz",
     "save_text",
 ]
+
+
+def canonicalize_safetensors(path: str | os.PathLike[str]) -> None:
+    """Rewrite a .safetensors header with sorted keys, in place: the same tensors and metadata then
+    always give the same bytes (safetensors writes `__metadata__` in hash-map order, which changes
+    from process to process, so DVC would see an unchanged file as changed).
+
+    Layout: 8-byte little-endian header length n, n bytes of JSON (space-padded to a multiple of 8),
+    then the tensor data, whose offsets in the header are relative to the data, so they stay valid.
+    """
+    path = Path(path)
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    header = json.loads(blob[8 : 8 + n])
+    if isinstance(header.get("__metadata__"), dict):
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
+

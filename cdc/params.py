@@ -169,6 +169,18 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ParamsError(f"'{where or '<top level>'}': {exc}") from exc
 
 
+def with_overrides(cfg: T, overrides: str, where: str) -> T:
+    """`cfg` with space-separated 'key=value' pairs applied, checked as params.yaml is (unknown keys and
+    wrong types are ParamsError); values are YAML 1.2, so 0.5, 1e-4, [64, 128] and true work."""
+    data = dataclasses.asdict(cfg)
+    for pair in overrides.split():
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ParamsError(f"override {pair!r} is not key=value")
+        data[key] = parse_yaml(value, f"{where}.{key}")
+    return from_dict(type(cfg), data, where)
+
+
 # --------------------------------------------------------------------------------------------
 # Sections (one per DVC stage, same name as the stage and its notebook)
 

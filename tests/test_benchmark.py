@@ -57,17 +57,38 @@ def test_bad_arguments_are_rejected(erase_speed):
         erase_speed.parse_args(["--steps", "0"])
 
 
-def test_pretrain_recipe_overrides_are_checked():
-    spec = importlib.util.spec_from_file_location("pretrain_recipes", SCRIPT.parent / "pretrain_recipes.py")
+def test_overrides_are_checked_like_params_yaml():
+    from cdc.errors import ParamsError
+    from cdc.methods import DocoConfig
+    from cdc.params import PretrainParams, with_overrides
+
+    recipe = "steps=10 pooled_noise=0.25 block_channels=[32,32] cross_attention=[false,true]"
+    cfg = with_overrides(PretrainParams(), recipe, "pretrain")
+    assert (cfg.steps, cfg.pooled_noise, cfg.block_channels) == (10, 0.25, [32, 32])
+    assert with_overrides(cfg, "", "pretrain") == cfg
+    with pytest.raises(ParamsError, match="pretrain.stepz"):
+        with_overrides(cfg, "stepz=3", "pretrain")
+    with pytest.raises(ParamsError, match="key=value"):
+        with_overrides(cfg, "steps", "pretrain")
+    doco = with_overrides(DocoConfig(), "surgery=pcgrad lr=1e-4", "erase.doco")
+    assert (doco.surgery, doco.lr) == ("pcgrad", 1e-4)
+    with pytest.raises(ParamsError, match="erase.doco.lr"):
+        with_overrides(doco, "lr=fast", "erase.doco")
+
+
+def test_erase_sweep_arms_apply_to_all_or_one_method():
+    spec = importlib.util.spec_from_file_location("erase_sweep", SCRIPT.parent / "erase_sweep.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     from cdc.errors import ParamsError
-    from cdc.params import PretrainParams
+    from cdc.params import EraseParams
 
-    recipe = "steps=10 pooled_noise=0.25 block_channels=[32,32] cross_attention=[false,true]"
-    cfg = module.override(PretrainParams(), recipe)
-    assert (cfg.steps, cfg.pooled_noise, cfg.block_channels) == (10, 0.25, [32, 32])
-    with pytest.raises(ParamsError, match="pretrain.stepz"):
-        module.override(cfg, "stepz=3")
-    with pytest.raises(ValueError, match="key=value"):
-        module.override(cfg, "steps")
+    erase = EraseParams()
+    both = module.arm_configs(erase, "lr=2.0e-3 doco.surgery=pcgrad esd.steps=7", ["doco", "esd"])
+    assert both["doco"].lr == both["esd"].lr == 2e-3
+    assert both["doco"].surgery == "pcgrad" and both["esd"].steps == 7 and both["doco"].steps == erase.doco.steps
+    assert module.arm_configs(erase, "", ["ca"])["ca"] == erase.ca
+    with pytest.raises(ValueError, match="not among"):
+        module.arm_configs(erase, "ca.steps=3", ["doco"])
+    with pytest.raises(ParamsError, match="erase.esd.surgery"):
+        module.arm_configs(erase, "surgery=sum", ["doco", "esd"])

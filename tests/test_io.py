@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cdc.io import atomic_path, load_json, save_image, save_json, save_npz, save_text
+from cdc.io import atomic_path, canonicalize_safetensors, load_json, save_image, save_json, save_npz, save_text
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -115,3 +115,34 @@ def test_save_npz_is_deterministic_and_loadable(tmp_path):
         assert sorted(loaded.files) == ["concept", "images"]
         np.testing.assert_array_equal(loaded["images"], arrays["images"])
     assert json.dumps(leftovers(tmp_path)) == '["a.npz", "b.npz"]'
+
+
+def _rewrite_header(path, reorder) -> None:
+    """Rewrite a safetensors header through `reorder(header) -> header` (as another process might write it)."""
+    blob = path.read_bytes()
+    n = int.from_bytes(blob[:8], "little")
+    text = json.dumps(reorder(json.loads(blob[8 : 8 + n]))).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
+
+
+def test_canonical_safetensors_bytes_do_not_depend_on_header_order(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    tensors = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.weight": torch.ones(4, dtype=torch.float16)}
+    meta = {"format": "pt", "lora_adapter_metadata": json.dumps({"r": 4, "target_modules": ["x", "y"]})}
+    files = [tmp_path / "one.safetensors", tmp_path / "two.safetensors"]
+    for f in files:
+        save_file(tensors, str(f), metadata=meta)
+    _rewrite_header(files[1], lambda h: {k: (dict(reversed(v.items())) if k == "__metadata__" else v)
+                                          for k, v in reversed(h.items())})
+    assert files[0].read_bytes() != files[1].read_bytes()
+    for f in files:
+        canonicalize_safetensors(f)
+    assert files[0].read_bytes() == files[1].read_bytes()
+    loaded = load_file(str(files[1]))
+    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+    with safe_open(str(files[1]), "pt") as f:
+        assert f.metadata() == meta

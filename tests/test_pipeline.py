@@ -8,7 +8,7 @@ import torch
 
 from cdc import evaluate as ev
 from cdc.bundle import make_world_scheduler, make_world_unet
-from cdc.erase import erase_pairs, family_of, run_method
+from cdc.erase import erase_pairs, family_of, load_anchors, run_method, save_anchors
 from cdc.errors import NaNLossError
 from cdc.io import save_json
 from cdc.methods import DocoConfig, EsdConfig
@@ -125,6 +125,18 @@ def test_run_method_on_tiny_world(tiny_world_bundle, world):
         remove_lora(unet)
     with pytest.raises(ValueError, match="unknown method"):
         run_method(tiny_world_bundle, "uce", pairs, samples, DocoConfig(), progress=False)
+
+
+def test_anchors_round_trip_and_missing_anchors(world, tmp_path):
+    pairs = erase_pairs(world, "church", [])
+    images = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    samples = {"anchor_images": images, "anchor_index": np.array([0, 1])}
+    save_anchors(tmp_path / "church", pairs, ["cat"], samples)
+    got, probe, loaded = load_anchors(tmp_path / "church")
+    assert got == pairs and probe == ["cat"] and loaded.keys() == samples.keys()
+    assert all(np.array_equal(loaded[k], v) for k, v in samples.items())
+    with pytest.raises(FileNotFoundError, match="dvc repro anchors"):
+        load_anchors(tmp_path / "fish")
 
 
 def test_report_table(tmp_path):

@@ -21,14 +21,9 @@ from cdc.methods.train import (
     LoraRunConfig,
     apply_step,
     check_finite,
-    check_latents,
     check_pairs,
-    check_run_config,
     grads_of,
-    make_generator,
-    paired_data,
     progress_bar,
-    prompt_index,
     start_lora_run,
 )
 
@@ -55,16 +50,9 @@ def train_ca(
 
     Same data contract as `train_doco`: paired prompt lists and (N, C, h, w) anchor samples.
     """
-    check_run_config(cfg)
     targets, anchors = check_pairs(target_prompts, anchor_prompts)
-    latents = check_latents(anchor_latents, bundle.unet, "anchor_latents")
-    index = prompt_index(latents.shape[0], len(targets), anchor_index)
     unet, sched = bundle.unet, bundle.scheduler
-    data = paired_data(bundle, latents, index, targets, anchors)
-    gen = make_generator(cfg.seed)
-
-    run = start_lora_run(unet, cfg)
-    params, layers, opt = run.params, run.layers, run.optimizer
+    data, params, layers, opt, gen = start_lora_run(bundle, cfg, anchor_latents, anchor_index, targets, anchors)
     history: list[dict] = []
     start = time.perf_counter()
     for step in progress_bar(cfg.steps, progress, "CA"):

@@ -45,13 +45,9 @@ from cdc.methods.train import (
     LoraRunConfig,
     apply_step,
     check_finite,
-    check_latents,
     check_pairs,
     grads_of,
-    make_generator,
-    paired_data,
     progress_bar,
-    prompt_index,
     start_lora_run,
 )
 
@@ -100,8 +96,8 @@ def _check_config(cfg: DocoConfig) -> None:
         raise ValueError(f"unknown surgery mode {cfg.surgery!r} (known: {', '.join(MODES)})")
     if cfg.d_input not in ("x0", "eps"):
         raise ValueError(f"unknown d_input {cfg.d_input!r} (known: 'x0', 'eps')")
-    if cfg.steps < 1 or not 0 <= cfg.warmup_steps <= cfg.steps or cfg.batch_size < 1 or cfg.log_every < 1:
-        raise ValueError(f"need steps >= 1, 0 <= warmup_steps <= steps, batch_size >= 1, log_every >= 1; got {cfg}")
+    if not 0 <= cfg.warmup_steps <= cfg.steps:
+        raise ValueError(f"need 0 <= warmup_steps <= steps; got warmup_steps={cfg.warmup_steps}, steps={cfg.steps}")
 
 
 def _bce(logits: Tensor, label: float) -> Tensor:
@@ -128,18 +124,12 @@ def train_doco(
     """
     _check_config(cfg)
     targets, anchors = check_pairs(target_prompts, anchor_prompts)
-    latents = check_latents(anchor_latents, bundle.unet, "anchor_latents")
-    index = prompt_index(latents.shape[0], len(targets), anchor_index)
     unet, sched = bundle.unet, bundle.scheduler
-    data = paired_data(bundle, latents, index, targets, anchors)  # contexts: (target, anchor)
-    gen = make_generator(cfg.seed)
+    # contexts: (target, anchor)
+    data, params, layers, opt, gen = start_lora_run(bundle, cfg, anchor_latents, anchor_index, targets, anchors)
     to_d = pred_x0 if cfg.d_input == "x0" else pred_eps
-
-    run = start_lora_run(unet, cfg)
-    params, layers, opt = run.params, run.layers, run.optimizer
-    disc = make_discriminator(
-        latents.shape[1], latents.shape[-1], cfg.d_layers, cfg.d_width, cfg.d_norm, cfg.seed, unet.device
-    )
+    channels, size = data.latents.shape[1], data.latents.shape[-1]
+    disc = make_discriminator(channels, size, cfg.d_layers, cfg.d_width, cfg.d_norm, cfg.seed, unet.device)
     d_params = list(disc.parameters())
     d_opt = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=(0.5, 0.999))
 

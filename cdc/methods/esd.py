@@ -27,15 +27,10 @@ from cdc.methods.train import (
     LoraRunConfig,
     apply_step,
     check_finite,
-    check_latents,
     check_prompts,
-    check_run_config,
     encode,
     grads_of,
-    make_generator,
-    paired_data,
     progress_bar,
-    prompt_index,
     start_lora_run,
 )
 
@@ -64,17 +59,12 @@ def train_esd(
         target_latents: (N, C, h, w) base-model samples of the target prompts, in UNet space.
         target_index: prompt id of each latent (default: latent i <- prompt i % P).
     """
-    check_run_config(cfg)
     targets = check_prompts(target_prompts, "target_prompts")
-    latents = check_latents(target_latents, bundle.unet, "target_latents")
-    index = prompt_index(latents.shape[0], len(targets), target_index)
     unet, sched = bundle.unet, bundle.scheduler
-    data = paired_data(bundle, latents, index, targets)
+    data, params, layers, opt, gen = start_lora_run(
+        bundle, cfg, target_latents, target_index, targets, latents_name="target_latents"
+    )
     uncond = encode(bundle.text, [""], unet.device, unet.dtype)  # (1, L, D)
-    gen = make_generator(cfg.seed)
-
-    run = start_lora_run(unet, cfg)
-    params, layers, opt = run.params, run.layers, run.optimizer
     history: list[dict] = []
     start = time.perf_counter()
     for step in progress_bar(cfg.steps, progress, "ESD"):

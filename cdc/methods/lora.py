@@ -212,7 +212,7 @@ def save_lora(unet: nn.Module, path: str | Path, config: dict[str, Any]) -> Path
     from peft.tuners.tuners_utils import BaseTunerLayer
     from peft.utils import get_peft_model_state_dict
 
-    from cdc.io import atomic_path, save_json
+    from cdc.io import atomic_path, canonicalize_safetensors, save_json
 
     peft = getattr(unet, "peft_config", None) or {}
     if "default" not in peft:
@@ -242,6 +242,7 @@ def save_lora(unet: nn.Module, path: str | Path, config: dict[str, Any]) -> Path
         StableDiffusionPipeline.save_lora_weights(
             str(tmp), unet_lora_layers=state, safe_serialization=True, unet_lora_adapter_metadata=adapter
         )
+        canonicalize_safetensors(tmp / WEIGHT_NAME)
         save_json(meta, tmp / CONFIG_NAME)
     return path
 
@@ -281,10 +282,10 @@ def load_lora(
     """Load a LoRA saved by `save_lora` into `unet` in place, after `check_lora_fits`."""
     from cdc.bundle import apply_lora
 
-    check_lora_fits(unet, path, strict_weights)
+    load_lora_config(path)  # a folder without the cdc config is not a LoRA this loader accepts
     if adapter_name in (getattr(unet, "peft_config", None) or {}):
         raise ValueError(f"the UNet already has an adapter named {adapter_name!r}")
     try:
-        return apply_lora(unet, path, adapter_name)
+        return apply_lora(unet, path, adapter_name, strict_weights)
     except ValueError as e:
         raise CdcError(str(e)) from e

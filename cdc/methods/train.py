@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -35,23 +36,6 @@ def check_run_config(cfg: LoraRunConfig) -> None:
     """Reject loop sizes that cannot run, naming the knobs."""
     if cfg.steps < 1 or cfg.batch_size < 1 or cfg.log_every < 1:
         raise ValueError(f"need steps, batch_size and log_every >= 1; got {cfg}")
-
-
-@dataclass
-class LoraRun:
-    """What a method trains: the LoRA parameters, their optimiser, and the tuner layers that
-    `base_model()` switches off to get the frozen model (so no second UNet copy is held)."""
-
-    params: list[nn.Parameter]
-    layers: list[nn.Module]
-    optimizer: torch.optim.AdamW
-
-
-def start_lora_run(unet: nn.Module, cfg: LoraRunConfig) -> LoraRun:
-    """Wrap `unet` with a fresh seeded LoRA of cfg's group and rank and make its optimiser."""
-    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
-    params = lora_parameters(unet)
-    return LoraRun(params, tuner_layers(unet), make_optimizer(params, cfg.lr, cfg.weight_decay))
 
 
 def check_prompts(prompts: Sequence[str], what: str) -> list[str]:
@@ -130,6 +114,35 @@ def paired_data(bundle, latents: Tensor, index: Tensor, *prompt_sets: Sequence[s
     dev, dtype = bundle.unet.device, bundle.unet.dtype
     contexts = tuple(encode(bundle.text, p, dev, dtype) for p in prompt_sets)
     return PairedData(latents.to(device=dev, dtype=dtype), index, contexts)
+
+
+class LoraRun(NamedTuple):
+    """What a method trains on and with: its data, the LoRA parameters and their optimiser, the tuner
+    layers that `base_model()` switches off to get the frozen model (so no second UNet copy is held),
+    and the one generator that draws every batch, noise and timestep."""
+
+    data: PairedData
+    params: list[nn.Parameter]
+    layers: list[nn.Module]
+    optimizer: torch.optim.AdamW
+    generator: torch.Generator
+
+
+def start_lora_run(
+    bundle, cfg: LoraRunConfig, latents: Tensor, latent_index: Sequence[int] | None, *prompt_sets: list[str],
+    latents_name: str = "anchor_latents",
+) -> LoraRun:
+    """Check the latents (N, C, h, w) and which prompt each came from, encode every prompt set once,
+    and wrap `bundle.unet` with a fresh seeded LoRA of cfg's group and rank and its optimiser."""
+    check_run_config(cfg)
+    unet = bundle.unet
+    latents = check_latents(latents, unet, latents_name)
+    index = prompt_index(latents.shape[0], len(prompt_sets[0]), latent_index)
+    data = paired_data(bundle, latents, index, *prompt_sets)
+    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
+    params = lora_parameters(unet)
+    optimizer = make_optimizer(params, cfg.lr, cfg.weight_decay)
+    return LoraRun(data, params, tuner_layers(unet), optimizer, make_generator(cfg.seed))
 
 
 def check_finite(method: str, step: int, **losses: float) -> None:
