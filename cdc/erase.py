@@ -13,7 +13,7 @@ from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
 from cdc.io import atomic_path, load_json, save_json, save_npz
 from cdc.methods import CaConfig, DocoConfig, EsdConfig, train_ca, train_doco, train_esd
-from cdc.world.captions import canonical_prompt
+from cdc.world.captions import canonical_prompt, with_article
 from cdc.world.data import World
 
 METHODS = ("doco", "esd", "ca")
@@ -36,24 +36,43 @@ def family_of(world: World, slug: str) -> str:
     return by_slug[slug]
 
 
-def erase_pairs(world: World, family: str, probe: Sequence[str]) -> Pairs:
-    """In-set training pairs: every member (and umbrella word) x style -> the anchor in the same style.
+PHRASES = ("all", "names")
 
+
+def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = "all") -> Pairs:
+    """In-set training pairs: each target phrase x style -> the anchor's name in the same style.
+
+    phrases="all": every phrase the world's training captions use for the members (names, aliases,
+    keywords) and the family's umbrella words, as DoCo and CA train on many captions of the concept;
+    "names": the members' names and the umbrella words. The anchor side is always the anchor's name, as
+    DoCo swaps one anchor word for the target: an anchor alias can be drawn as the target itself (the
+    world model draws "a box truck" as an articulated lorry half the time), which would teach the target.
     A style family keeps the object and swaps the style: "a cat, openmoji style" -> "a cat, twemoji style".
     """
+    if phrases not in PHRASES:
+        raise ValueError(f"unknown phrases option {phrases!r} (known: {', '.join(PHRASES)})")
     fam = world.targets[family]
     if fam["kind"] == "style":
         if not probe:
             raise ValueError(f"style family {family!r} needs probe concepts")
         return Pairs(family, [canonical_prompt(k, family) for k in probe],
                      [canonical_prompt(k, fam["anchor"]) for k in probe])
-    names = fam["members"] + fam["umbrella"]
+    if phrases == "all":
+        names = [p for m in fam["members"] for p in world.concepts[world.index(m)]["phrases"]] + fam["umbrella"]
+    else:
+        names = fam["members"] + fam["umbrella"]
+    # One prompt per phrase: "weapon" and "a weapon" are the same prompt, and members share umbrella words.
+    first: dict[str, str] = {}
+    for n in names:
+        first.setdefault(with_article(n).lower(), n)
+    names = list(first.values())
     if not names:
         raise ValueError(f"family {family!r} has no prompts (no members or umbrella words)")
     targets = [canonical_prompt(n, s) for n in names for s in world.styles]
     anchors = [canonical_prompt(fam["anchor"], s) for _ in names for s in world.styles]
-    if any(t == a for t, a in zip(targets, anchors)):
-        raise ValueError(f"family {family!r}: the anchor prompt equals a target prompt")
+    clash = [t for t, a in zip(targets, anchors) if t == a]
+    if clash:
+        raise ValueError(f"family {family!r}: the anchor prompt equals the target prompt {clash[0]!r}")
     return Pairs(family, targets, anchors)
 
 

@@ -79,12 +79,23 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_erase_pairs(world):
-    church = erase_pairs(world, "church", [])
+    church = erase_pairs(world, "church", [], "names")
     assert church.target_prompts == ["a church, twemoji style", "a church, openmoji style"]
     assert church.anchor_prompts == ["a house, twemoji style", "a house, openmoji style"]
-    weapon = erase_pairs(world, "weapon", [])
+    weapon = erase_pairs(world, "weapon", [], "names")
     assert "a weapon, openmoji style" in weapon.target_prompts
     assert set(weapon.anchor_prompts) == {"a hammer, twemoji style", "a hammer, openmoji style"}
+    # "all": every caption phrase of the members, once, in each style, paired with the anchor's name.
+    church = erase_pairs(world, "church", [])
+    phrases = world.concepts[world.index("church")]["phrases"]
+    assert len(church.target_prompts) == 2 * len(phrases) and church.target_prompts[:2] == [
+        "a church, twemoji style", "a church, openmoji style"]
+    assert set(church.anchor_prompts) == {"a house, twemoji style", "a house, openmoji style"}
+    assert all(t.split(",")[1] == a.split(",")[1] for t, a in zip(church.target_prompts, church.anchor_prompts))
+    weapon = erase_pairs(world, "weapon", [])
+    assert weapon.target_prompts.count("a weapon, openmoji style") == 1 and "a dagger, twemoji style" in weapon.target_prompts
+    with pytest.raises(ValueError, match="phrases"):
+        erase_pairs(world, "church", [], "some")
     style = erase_pairs(world, "openmoji", ["cat", "dog"])
     assert style.target_prompts == ["a cat, openmoji style", "a dog, openmoji style"]
     assert style.anchor_prompts == ["a cat, twemoji style", "a dog, twemoji style"]
