@@ -94,7 +94,9 @@ def erasure_row(
     the neighbours are the probe objects drawn in the anchor style (concept and style must survive).
     """
     run = dict(unet=unet, progress=progress)
-    drawn = {"in_set": draw(bundle, judge, in_set, cfg.images_per_prompt, sampler, **run),
+    # (94 weapon phrases x 4 seeds would be most of the evaluation; 1 seed each still gives 94 images.)
+    n_in = max(1, min(cfg.images_per_prompt, cfg.in_set_images // len(in_set)))
+    drawn = {"in_set": draw(bundle, judge, in_set, n_in, sampler, **run),
              "out_of_set": draw(bundle, judge, world.out_of_set[family], cfg.images_per_prompt, sampler, **run)}
     row = {k: float(family_hits(world, family, d).mean()) for k, d in drawn.items()}
     fam = world.targets[family]

@@ -297,6 +297,7 @@ class EvaluateParams:
     """Judge every erased model and the base model on the same prompts and seeds."""
 
     images_per_prompt: int = 4  # seeds per in-set and out-of-set prompt
+    in_set_images: int = 96  # fewer seeds per in-set prompt where the family has many (at least 1 each)
     retain_images: int = 1  # seeds per (retained concept, style) prompt
     n_retain: int = 40  # retained concepts outside every family (retain_all)
     fid_images: int = 200  # generated images for world-FID (a fixed seeded subset of renders)
