@@ -111,6 +111,15 @@ def save_random_lora_to(unet: torch.nn.Module, folder: Path, seed: int = 0) -> t
     return lora_unet
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny models gain nothing from threads; on a shared 2-core box spinning threads cost ~10x."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="session")
 def tiny_sd_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A saved tiny random SD pipeline folder (read-only for tests)."""

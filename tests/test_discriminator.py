@@ -8,14 +8,7 @@ import torch.nn.functional as F
 
 from cdc.methods.discriminator import default_stages, logit_size, make_discriminator
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs gain nothing from threads; on a shared 2-core box spinning threads cost ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize(

@@ -39,13 +39,7 @@ def _trained(unet, group="xattn-kv", rank=4, alpha=None, seed=0):
     return unet
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads; on a shared 2-core box spinning threads cost ~10x."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -22,14 +22,7 @@ FAST = {"steps": 3, "batch_size": 2, "lora_rank": 2}
 DOCO_FAST = {**FAST, "warmup_steps": 1, "d_width": 8}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a shared 2-core box two spinning OpenMP
-    threads per process made these tests ~10x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _fresh(bundle):

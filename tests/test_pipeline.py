@@ -93,7 +93,8 @@ def test_erase_pairs(world):
     assert set(church.anchor_prompts) == {"a house, twemoji style", "a house, openmoji style"}
     assert all(t.split(",")[1] == a.split(",")[1] for t, a in zip(church.target_prompts, church.anchor_prompts))
     weapon = erase_pairs(world, "weapon", [])
-    assert weapon.target_prompts.count("a weapon, openmoji style") == 1 and "a dagger, twemoji style" in weapon.target_prompts
+    assert weapon.target_prompts.count("a weapon, openmoji style") == 1
+    assert "a dagger, twemoji style" in weapon.target_prompts
     with pytest.raises(ValueError, match="phrases"):
         erase_pairs(world, "church", [], "some")
     style = erase_pairs(world, "openmoji", ["cat", "dog"])
