@@ -11,7 +11,7 @@ params.yaml as it is). Each (arm, method) run trains on the anchors the `anchors
 anchors` first) and is evaluated with `cdc.evaluate.erasure_row`, with the evaluate stage's prompts, seeds
 and judge. So the "" arm reproduces the committed row of data/eval/<concept>.json, and the surgery ablation
 (cosine / pcgrad / sum) and equal-budget sweeps (the same override for every method) are one command each.
-About 40 s of erase and 45 s of evaluation per DoCo run on a 2-core CPU.
+About 75 s of erase and 45-100 s of evaluation per DoCo run on a 2-core CPU.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from cdc.erase import METHODS, load_anchors, run_method  # noqa: E402
 from cdc.judge import load_judge  # noqa: E402
 from cdc.methods import remove_lora  # noqa: E402
 from cdc.params import EraseParams, load_params, with_overrides  # noqa: E402
-from cdc.system import hardware, peak_memory_mb  # noqa: E402
+from cdc.system import hardware  # noqa: E402
 from cdc.world.data import load_world  # noqa: E402
 
 
@@ -84,8 +84,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 unet=unet, progress=False,
             )
             fired = [h["surgery_fired"] for h in history if h.get("surgery_fired") is not None]
+            # No peak memory here: the process peak grows over runs (the erase stage records one per run).
             row = {"concept": args.concept, "method": method, "arm": arm, **row, "seconds": round(seconds, 1),
-                   "peak_mem_mb": round(peak_memory_mb()), "surgery_fired": float(np.mean(fired)) if fired else None}
+                   "surgery_fired": float(np.mean(fired)) if fired else None}
             rows.append(row)
             remove_lora(bundle.unet)
             print(json.dumps(row), flush=True)

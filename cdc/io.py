@@ -149,16 +149,6 @@ def save_npz(path: str | os.PathLike[str], **arrays: ArrayLike) -> None:
     _write_bytes(buf.getvalue(), path)
 
 
-__all__ = [
-    "atomic_path",
-    "load_json",
-    "save_image",
-    "save_json",
-    "save_npz",
-    "save_text",
-]
-
-
 def canonicalize_safetensors(path: str | os.PathLike[str]) -> None:
     """Rewrite a .safetensors header with sorted keys, in place: the same tensors and metadata then
     always give the same bytes (safetensors writes `__metadata__` in hash-map order, which changes
@@ -177,3 +167,13 @@ def canonicalize_safetensors(path: str | os.PathLike[str]) -> None:
     text += b" " * (-len(text) % 8)
     path.write_bytes(len(text).to_bytes(8, "little") + text + blob[8 + n :])
 
+
+__all__ = [
+    "atomic_path",
+    "canonicalize_safetensors",
+    "load_json",
+    "save_image",
+    "save_json",
+    "save_npz",
+    "save_text",
+]

@@ -270,13 +270,13 @@ class AnchorsParams:
 
     samples_per_prompt: int = 8  # seeded images per prompt
     phrases: str = "all"  # "all": train on every phrase of the concept in the world's captions; "names"
-
-    def __post_init__(self) -> None:
-        """Reject an unknown phrases option before any sampling."""
-        if self.phrases not in ("all", "names"):
-            raise ValueError(f"phrases must be 'all' or 'names', got {self.phrases!r}")
     style_probe: int = 24  # objects through which a style family is prompted
     seed: int = 100  # first sample seed; probe choice too
+
+    def __post_init__(self) -> None:
+        """Reject an unknown phrases option before any sampling (cdc.erase.PHRASES)."""
+        if self.phrases not in ("all", "names"):
+            raise ValueError(f"phrases must be 'all' or 'names', got {self.phrases!r}")
 
 
 @dataclass(frozen=True)
