@@ -13,7 +13,7 @@ from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
 from cdc.io import atomic_path, load_json, save_json, save_npz
 from cdc.methods import CaConfig, DocoConfig, EsdConfig, train_ca, train_doco, train_esd
-from cdc.world.captions import canonical_prompt, with_article
+from cdc.world.captions import CANONICAL_STYLE, STYLE_SUFFIXES, canonical_prompt, with_article
 from cdc.world.data import World
 
 METHODS = ("doco", "esd", "ca")
@@ -47,7 +47,9 @@ def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = 
     "names": the members' names and the umbrella words. The anchor side is always the anchor's name, as
     DoCo swaps one anchor word for the target: an anchor alias can be drawn as the target itself (the
     world model draws "a box truck" as an articulated lorry half the time), which would teach the target.
-    A style family keeps the object and swaps the style: "a cat, openmoji style" -> "a cat, twemoji style".
+    A style family keeps the object and swaps the style: "a cat, openmoji style" -> "a cat, twemoji style";
+    with "all", every way the training captions name the style ("a cat, line art emoji", ...) maps to the
+    anchor style's canonical prompt, the style's analogue of an object's keywords.
     """
     if phrases not in PHRASES:
         raise ValueError(f"unknown phrases option {phrases!r} (known: {', '.join(PHRASES)})")
@@ -55,8 +57,11 @@ def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = 
     if fam["kind"] == "style":
         if not probe:
             raise ValueError(f"style family {family!r} needs probe concepts")
-        return Pairs(family, [canonical_prompt(k, family) for k in probe],
-                     [canonical_prompt(k, fam["anchor"]) for k in probe])
+        # "" (the caption that leaves the style open) is not a phrase of the style.
+        suffixes = [s for s in STYLE_SUFFIXES[family] if s] if phrases == "all" else [CANONICAL_STYLE[family]]
+        suffixes.sort(key=lambda s: s != CANONICAL_STYLE[family])  # canonical phrasing first
+        return Pairs(family, [with_article(k) + s for k in probe for s in suffixes],
+                     [canonical_prompt(k, fam["anchor"]) for k in probe for _ in suffixes])
     if phrases == "all":
         names = [p for m in fam["members"] for p in world.concepts[world.index(m)]["phrases"]] + fam["umbrella"]
     else:

@@ -16,6 +16,7 @@ from cdc.params import read_yaml
 from cdc.pretrain import augment_context, caption_pool, lr_at, train_world_model
 from cdc.report import erase_table, latex_table
 from cdc.world.build import build_world
+from cdc.world.captions import STYLE_SUFFIXES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,9 +98,15 @@ def test_erase_pairs(world):
     assert "a dagger, twemoji style" in weapon.target_prompts
     with pytest.raises(ValueError, match="phrases"):
         erase_pairs(world, "church", [], "some")
-    style = erase_pairs(world, "openmoji", ["cat", "dog"])
+    style = erase_pairs(world, "openmoji", ["cat", "dog"], "names")
     assert style.target_prompts == ["a cat, openmoji style", "a dog, openmoji style"]
     assert style.anchor_prompts == ["a cat, twemoji style", "a dog, twemoji style"]
+    # "all": every phrasing of the style the captions use (not the style-free caption), canonical first.
+    style = erase_pairs(world, "openmoji", ["cat", "dog"])
+    n = len(STYLE_SUFFIXES["openmoji"]) - 1
+    assert len(style.target_prompts) == 2 * n and style.target_prompts[0] == "a cat, openmoji style"
+    assert "a dog, line art emoji" in style.target_prompts and "a dog" not in style.target_prompts
+    assert style.anchor_prompts == ["a cat, twemoji style"] * n + ["a dog, twemoji style"] * n
     assert family_of(world, "articulated-lorry") == "articulated lorry"
     with pytest.raises(KeyError, match="unknown concept family"):
         family_of(world, "cathedral")
