@@ -67,7 +67,24 @@ def concept_accuracy(
     per = {k: float(concept_ok[expected[:, 0] == world.index(k)].mean()) for k in keys}
     style_acc = float((drawn.style == expected[:, 1]).mean())
     return {"concept_acc": float(np.mean(list(per.values()))), "style_acc": style_acc, "per_concept": per,
-            "drawn": drawn}
+            "missed": misses(world, drawn, expected[:, 0], concept_ok), "drawn": drawn}
+
+
+def misses(world: World, drawn: Drawn, expected: np.ndarray, ok: np.ndarray) -> dict[str, dict]:
+    """Per intended concept drawn wrong at least once: its accuracy and what the judge saw most often instead.
+
+    expected: (M,) intended concept id per image; ok: (M,) bool, the image counts as right. Where the concept
+    was right but the style wrong (style family), `instead` names the concept itself.
+    """
+    out = {}
+    for c in np.unique(expected):
+        mine = expected == c
+        if ok[mine].all():
+            continue
+        wrong = drawn.concept[mine & ~ok]
+        values, counts = np.unique(wrong, return_counts=True)
+        out[world.keys[int(c)]] = {"acc": float(ok[mine].mean()), "instead": world.keys[int(values[counts.argmax()])]}
+    return out
 
 
 def fid_against_world(
@@ -90,6 +107,8 @@ def erasure_row(
 ) -> tuple[dict, dict[str, Drawn]]:
     """One table row (design section 5): erasure in-set and out-of-set, utility on neighbours and on all.
 
+    The row also names what each utility column lost (`neighbors_missed`, `retain_missed`; see `misses`).
+
     in_set: the prompts the erasure trained on; retain: concepts outside every family. For a style family
     the neighbours are the probe objects drawn in the anchor style (concept and style must survive).
     """
@@ -105,11 +124,16 @@ def erasure_row(
         prompts = [canonical_prompt(k, fam["anchor"]) for k in probe]
         d = draw(bundle, judge, prompts, cfg.retain_images, sampler, **run)
         expected = np.repeat([world.index(k) for k in probe], cfg.retain_images)
-        row["retain_neighbors"] = float(((d.concept == expected) & (d.style == anchor)).mean())
+        ok = (d.concept == expected) & (d.style == anchor)
+        row["retain_neighbors"] = float(ok.mean())
+        row["neighbors_missed"] = misses(world, d, expected, ok)
     else:
-        row["retain_neighbors"] = concept_accuracy(bundle, judge, world, fam["neighbours"], cfg.retain_images,
-                                                   sampler, **run)["concept_acc"]
-    row["retain_all"] = concept_accuracy(bundle, judge, world, retain, cfg.retain_images, sampler, **run)["concept_acc"]
+        nbr = concept_accuracy(bundle, judge, world, fam["neighbours"], cfg.retain_images, sampler, **run)
+        row["retain_neighbors"] = nbr["concept_acc"]
+        row["neighbors_missed"] = nbr["missed"]
+    every = concept_accuracy(bundle, judge, world, retain, cfg.retain_images, sampler, **run)
+    row["retain_all"] = every["concept_acc"]
+    row["retain_missed"] = every["missed"]
     row["world_fid"] = fid_against_world(bundle, judge, world, sampler, cfg.fid_images, cfg.seed, **run)
     return row, drawn
 

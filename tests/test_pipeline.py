@@ -171,3 +171,16 @@ def test_report_table(tmp_path):
         erase_table(["church"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase")
     with pytest.raises(FileNotFoundError, match="dvc repro evaluate"):
         erase_table(["fish"], ["doco"], tmp_path / "eval", tmp_path / "erase")
+
+
+def test_misses_names_what_was_drawn_instead(world):
+    house, hut, church = world.index("house"), world.index("hut"), world.index("church")
+    expected = np.array([house, house, house, hut, hut])
+    concept = np.array([house, church, church, hut, hut])
+    drawn = ev.Drawn(["x"] * 5, np.zeros((5, 2, 2, 3), np.uint8), concept, np.zeros(5, np.int64))
+    ok = concept == expected
+    assert ev.misses(world, drawn, expected, ok) == {"house": {"acc": 1 / 3, "instead": "church"}}
+    # Right concept, wrong style (the style family's rule): the concept itself is what was seen.
+    ok[3] = False
+    assert ev.misses(world, drawn, expected, ok)["hut"] == {"acc": 0.5, "instead": "hut"}
+    assert ev.misses(world, drawn, expected, np.ones(5, bool)) == {}
