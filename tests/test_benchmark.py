@@ -1,4 +1,4 @@
-"""The erase-speed benchmark script runs in-process on the tiny random world UNet and writes valid JSON."""
+"""The benchmark scripts run in-process on the tiny random world UNet and write valid JSON."""
 
 from __future__ import annotations
 
@@ -92,3 +92,18 @@ def test_erase_sweep_arms_apply_to_all_or_one_method():
         module.arm_configs(erase, "ca.steps=3", ["doco"])
     with pytest.raises(ParamsError, match="erase.esd.surgery"):
         module.arm_configs(erase, "surgery=sum", ["doco", "esd"])
+
+
+def test_sample_speed_compares_variants_on_the_same_images(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("sample_speed", SCRIPT.parent / "sample_speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out_json = tmp_path / "speed.json"
+    result = module.main(["--tiny", "--images", "2", "--repeats", "1", "--threads", "1", "--json", str(out_json)])
+    assert json.loads(out_json.read_text())["variants"].keys() == result["variants"].keys()
+    rows = result["variants"]
+    assert rows["default"]["speedup"] == 1.0 and rows["default"]["max_pixel_diff"] == 0
+    # Per-image seeding: batch size and memory order change kernels, not what is drawn.
+    assert all(rows[k]["max_pixel_diff"] <= 8 for k in ("channels_last", "batch x2"))
+    assert all(r["images_per_s"] > 0 and r["mean_pixel_diff"] < 10 for r in rows.values())
+    assert "images/s" in capsys.readouterr().out
