@@ -6,26 +6,26 @@ Sampling is most of what `dvc repro` spends after pretraining (anchor samples an
 this is where a faster pipeline would come from. Variants, each through `cdc.sampler.sample` with the
 `sample` settings of params.yaml (steps, guidance, eta) on the same prompts and seeds:
 
-  default        the UNet as loaded, batch size from params.yaml
+  fp32           the UNet as loaded, batch size from params.yaml, float32 arithmetic
   channels_last  the UNet's weights in channels-last memory order (oneDNN picks NHWC kernels)
   batch x2       twice params.yaml's batch size
-  bf16 autocast  the sampler under torch.autocast("cpu", bfloat16): fast where the CPU has AVX512-BF16
-                 or AMX, and no longer float round-off (the pixel difference column says how far)
+  bf16 autocast  the sampler's `precision="bf16"` (the UNet under torch.autocast, bfloat16): fast where
+                 the CPU has AVX512-BF16 or AMX (what `sample.precision: auto` picks), slow without, and
+                 more than float round-off (the pixel difference column says how far)
 
 Runs are interleaved (A B C, C B A, ...) over `--repeats` rounds so slow drift of the machine hits every
-variant alike. For each variant it prints the median images per second, the ratio to the default and the
-largest pixel difference from the default's images (the sampler promises per-image seeding, so a variant
+variant alike. For each variant it prints the median images per second, the ratio to fp32 and the
+largest pixel difference from fp32's images (the sampler promises per-image seeding, so a variant
 that changes only kernels should differ by float round-off: a few levels out of 255 at most; the mean
 difference is printed too).
 With the judge (`--judge`, the committed one by default) it also prints the share of images that the
-judge sees as the same concept and style as the default's: what a variant would change in the tables.
+judge sees as the same concept and style as fp32's: what a variant would change in the tables.
 `--tiny` (or a missing `--model` folder) uses a tiny random world UNet: good for testing the script only.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import platform
@@ -45,29 +45,25 @@ if str(_ROOT) not in sys.path:
 from cdc.bundle import ModelBundle, load_bundle, tiny_world_bundle  # noqa: E402
 from cdc.judge import load_judge, predict  # noqa: E402
 from cdc.params import SampleParams, load_params  # noqa: E402
-from cdc.sampler import sample  # noqa: E402
+from cdc.sampler import resolve_precision, sample  # noqa: E402
 from cdc.system import hardware  # noqa: E402
 
 PROMPTS = ("a church", "a house, openmoji style", "a fish", "an articulated lorry", "a parachute", "a dagger",
            "a hammer, twemoji style", "a tropical fish")
 
 
-def variants(sampler: SampleParams) -> dict[str, tuple[Callable[[ModelBundle], None], int, Callable]]:
-    """name -> (how to prepare the bundle's UNet, batch size, context the sampler runs in)."""
+def variants(sampler: SampleParams) -> dict[str, tuple[Callable[[ModelBundle], None], int, str]]:
+    """name -> (how to prepare the bundle's UNet, batch size, the sampler's precision)."""
     def as_loaded(bundle: ModelBundle) -> None:
         bundle.unet.to(memory_format=torch.contiguous_format)
 
     def channels_last(bundle: ModelBundle) -> None:
         bundle.unet.to(memory_format=torch.channels_last)
 
-    def bf16() -> contextlib.AbstractContextManager:
-        return torch.autocast("cpu", dtype=torch.bfloat16)
-
-    plain = contextlib.nullcontext
-    return {"default": (as_loaded, sampler.batch_size, plain),
-            "channels_last": (channels_last, sampler.batch_size, plain),
-            "batch x2": (as_loaded, 2 * sampler.batch_size, plain),
-            "bf16 autocast": (as_loaded, sampler.batch_size, bf16)}
+    return {"fp32": (as_loaded, sampler.batch_size, "fp32"),
+            "channels_last": (channels_last, sampler.batch_size, "fp32"),
+            "batch x2": (as_loaded, 2 * sampler.batch_size, "fp32"),
+            "bf16 autocast": (as_loaded, sampler.batch_size, "bf16")}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -78,7 +74,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--judge", default=str(_ROOT / "data/models/judge"),
-                        help="also the share of images judged the same (concept and style) as the default's")
+                        help="also the share of images judged the same (concept and style) as fp32's")
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
@@ -92,44 +88,45 @@ def main(argv: list[str] | None = None) -> dict:
     seeds = list(range(args.images))
     run = dict(steps=sampler.steps, guidance=sampler.guidance, eta=sampler.eta, progress=False)
     arms = variants(sampler)
+    auto = resolve_precision("auto", "cpu")
     print(f"hardware: {hardware()}; weights: {weights}; {args.images} images, {sampler.steps} steps, "
-          f"guidance {sampler.guidance}, eta {sampler.eta}", flush=True)
+          f"guidance {sampler.guidance}, eta {sampler.eta}; precision 'auto' is {auto} here", flush=True)
 
     seconds: dict[str, list[float]] = {k: [] for k in arms}
     images: dict[str, np.ndarray] = {}
     names = list(arms)
     for r in range(args.repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            prepare, batch, context = arms[name]
+            prepare, batch, precision = arms[name]
             prepare(bundle)
-            with context():
-                if r == 0:  # untimed first call per variant: first-call allocations, oneDNN kernel choice
-                    sample(bundle, prompts[:2], seeds[:2], batch_size=2, **run)
-                start = time.perf_counter()
-                images[name] = sample(bundle, prompts, seeds, batch_size=batch, **run)
+            if r == 0:  # untimed first call per variant: first-call allocations, oneDNN kernel choice
+                sample(bundle, prompts[:2], seeds[:2], batch_size=2, precision=precision, **run)
+            start = time.perf_counter()
+            images[name] = sample(bundle, prompts, seeds, batch_size=batch, precision=precision, **run)
             seconds[name].append(time.perf_counter() - start)
-    arms["default"][0](bundle)
+    arms["fp32"][0](bundle)
 
     judge = load_judge(args.judge) if Path(args.judge).exists() and not tiny else None
     verdicts = {k: predict(judge, v) for k, v in images.items()} if judge is not None else {}
-    base = statistics.median(seconds["default"])
+    base = statistics.median(seconds["fp32"])
     rows = {}
     for name in names:
         med = statistics.median(seconds[name])
-        diff = np.abs(images[name].astype(np.int16) - images["default"].astype(np.int16))
+        diff = np.abs(images[name].astype(np.int16) - images["fp32"].astype(np.int16))
         rows[name] = {"median_s": med, "images_per_s": args.images / med, "speedup": base / med,
                       "max_pixel_diff": int(diff.max()), "mean_pixel_diff": float(diff.mean()),
                       "seconds": seconds[name]}
         same = ""
         if verdicts:
-            mine, ref = verdicts[name], verdicts["default"]
+            mine, ref = verdicts[name], verdicts["fp32"]
             agree = np.logical_and(*(np.asarray(mine[k]) == np.asarray(ref[k]) for k in ("concept", "style")))
             rows[name]["judged_same"] = float(agree.mean())
             same = f", judged the same {agree.mean():.3f}"
         print(f"{name:14s} {args.images / med:7.2f} images/s  speed-up {base / med:5.2f}x  "
-              f"pixel diff vs default: max {diff.max()}, mean {diff.mean():.3f}{same}", flush=True)
+              f"pixel diff vs fp32: max {diff.max()}, mean {diff.mean():.3f}{same}", flush=True)
     result = {"hardware": hardware(), "python": platform.python_version(), "torch": torch.__version__,
-              "weights": weights, "images": args.images, "sample": dataclasses.asdict(sampler), "variants": rows}
+              "weights": weights, "images": args.images, "auto_precision": auto,
+              "sample": dataclasses.asdict(sampler), "variants": rows}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result

@@ -60,7 +60,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from cdc.bundle import apply_lora, load_bundle
     from cdc.grid import make_grid
     from cdc.io import atomic_path, save_image, save_json
-    from cdc.sampler import sample
+    from cdc.sampler import resolve_precision, sample
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     if args.n < 1:
@@ -80,6 +80,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         eta=args.eta,
         batch_size=args.batch_size,
+        precision=args.precision,
         progress=not args.quiet,
     )
     records = []
@@ -99,6 +100,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "steps": args.steps,
                 "guidance": args.guidance,
                 "eta": args.eta,
+                "precision": resolve_precision(args.precision, bundle.device),
                 "images": records,
             },
             tmp / "prompts.json",
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=1.5)
     g.add_argument("--eta", type=float, default=1.0)
     g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="UNet arithmetic: bf16 autocast where the hardware has it (auto), or forced")
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     g.add_argument("--out", required=True, help="output folder (must be new or empty)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")

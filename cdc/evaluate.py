@@ -36,7 +36,7 @@ def draw(
     repeated = [p for p in prompts for _ in range(n_images)]
     seeds = [sampler.seed + k for _ in prompts for k in range(n_images)]
     images = sample(bundle, repeated, seeds, steps=sampler.steps, guidance=sampler.guidance, eta=sampler.eta,
-                    batch_size=sampler.batch_size, unet=unet, progress=progress)
+                    batch_size=sampler.batch_size, precision=sampler.precision, unet=unet, progress=progress)
     seen = predict(judge, images)
     return Drawn(repeated, images, np.asarray(seen["concept"]), np.asarray(seen["style"]))
 

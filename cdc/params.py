@@ -253,6 +253,10 @@ class SampleParams:
     eta: float = 1.0  # 0 = deterministic DDIM, 1 = DDPM-like stochastic steps
     batch_size: int = 64
     seed: int = 0
+    # UNet arithmetic while sampling a float32 model: "auto" = bf16 autocast where the hardware does bf16
+    # natively (AVX512-BF16/AMX CPUs, CUDA compute >= 8), else fp32 (bf16 is 2x slower without it on AVX512
+    # and 20x on AVX2: benchmarks/sample_speed.py). Stages record what "auto" resolved to.
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
 
 
 @dataclass(frozen=True)

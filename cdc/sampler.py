@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cdc.bundle import ModelBundle
+from cdc.system import native_bf16
 
 
 def sample(
@@ -25,6 +26,7 @@ def sample(
     unet: nn.Module | None = None,
     progress: bool = True,
     negative_prompt: str = "",
+    precision: str = "fp32",
 ) -> np.ndarray:
     """Generate one image per (prompt, seed): uint8 (B, H, W, 3).
 
@@ -32,6 +34,7 @@ def sample(
     come from its own CPU generator seeded with seeds[i], so batch size and batch mates do not matter
     (up to float round-off of batched kernels). `unet` overrides the bundle's UNet (e.g. LoRA-wrapped).
     guidance == 1 skips the unconditional pass; eta = 0 is deterministic DDIM, eta = 1 ancestral-like.
+    precision: "fp32", "bf16" (a float32 UNet runs under bf16 autocast) or "auto" (see `resolve_precision`).
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [int(s) for s in seeds]
@@ -44,6 +47,7 @@ def sample(
     if guidance < 0 or eta < 0:
         raise ValueError(f"sample: guidance and eta must be >= 0, got guidance={guidance}, eta={eta}")
     model = unet if unet is not None else bundle.unet
+    autocast = resolve_precision(precision, bundle.device) == "bf16" and bundle.dtype == torch.float32
     scheduler = DDIMScheduler.from_config(bundle.scheduler.config)
     scheduler.set_timesteps(steps, device=bundle.device)
     chunks = []
@@ -52,7 +56,8 @@ def sample(
         for i in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
             chunk = slice(i, i + batch_size)
             chunks.append(
-                _sample_batch(bundle, model, scheduler, prompts[chunk], seeds[chunk], guidance, eta, negative_prompt)
+                _sample_batch(bundle, model, scheduler, prompts[chunk], seeds[chunk], guidance, eta, negative_prompt,
+                              autocast)
             )
     return np.concatenate(chunks)
 
@@ -66,8 +71,9 @@ def _sample_batch(
     guidance: float,
     eta: float,
     negative_prompt: str,
+    autocast: bool,
 ) -> np.ndarray:
-    """DDIM loop for one batch; latents are kept in float32, the UNet runs in its own dtype."""
+    """DDIM loop for one batch; latents are kept in float32, the UNet runs in its own dtype (or bf16 autocast)."""
     device, dtype = bundle.device, bundle.dtype
     side = int(bundle.unet.config.sample_size)
     shape = (bundle.codec.channels, side, side)
@@ -82,7 +88,8 @@ def _sample_batch(
     for t in scheduler.timesteps:
         x = torch.cat([latents, latents]) if use_cfg else latents
         x = scheduler.scale_model_input(x, t).to(dtype)
-        out = unet(x, t, encoder_hidden_states=context).sample.float()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            out = unet(x, t, encoder_hidden_states=context).sample.float()
         if use_cfg:
             out_uncond, out_cond = out.chunk(2)
             out = out_uncond + guidance * (out_cond - out_uncond)
@@ -90,6 +97,15 @@ def _sample_batch(
         latents = scheduler.step(out, t, latents, eta=eta, variance_noise=noise).prev_sample
     images = bundle.codec.decode(latents.to(dtype)).float()  # (B, 3, H, W) in [-1, 1]
     return to_uint8(images)
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """'fp32' or 'bf16' as given; 'auto' -> 'bf16' where the device has native bf16 (`native_bf16`), else 'fp32'."""
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"sample: precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
 
 
 def _noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> Tensor:

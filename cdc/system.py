@@ -22,6 +22,17 @@ def hardware() -> str:
     return text
 
 
+def native_bf16(device: str | torch.device = "cpu") -> bool:
+    """Whether the device computes bf16 in hardware (CPU: AVX512-BF16 or AMX; CUDA: compute capability >= 8)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    return False
+
+
 def peak_memory_mb() -> float:
     """Peak memory of this process so far: GPU memory allocated by torch on CUDA, else peak RSS."""
     if torch.cuda.is_available():

@@ -102,7 +102,7 @@ def test_sample_speed_compares_variants_on_the_same_images(tmp_path, capsys):
     result = module.main(["--tiny", "--images", "2", "--repeats", "1", "--threads", "1", "--json", str(out_json)])
     assert json.loads(out_json.read_text())["variants"].keys() == result["variants"].keys()
     rows = result["variants"]
-    assert rows["default"]["speedup"] == 1.0 and rows["default"]["max_pixel_diff"] == 0
+    assert rows["fp32"]["speedup"] == 1.0 and rows["fp32"]["max_pixel_diff"] == 0
     # Per-image seeding: batch size and memory order change kernels, not what is drawn.
     assert all(rows[k]["max_pixel_diff"] <= 8 for k in ("channels_last", "batch x2"))
     assert all(r["images_per_s"] > 0 and r["mean_pixel_diff"] < 10 for r in rows.values())

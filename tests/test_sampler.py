@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from cdc.sampler import sample
+from cdc.sampler import resolve_precision, sample
 
 PROMPTS = ["a church", "a fish", "a parachute"]
 FAST = {"steps": 2, "progress": False}
@@ -67,3 +67,20 @@ def test_bad_input(tiny_world_bundle) -> None:
         sample(tiny_world_bundle, ["a", "b"], [0], **FAST)
     with pytest.raises(ValueError, match="steps"):
         sample(tiny_world_bundle, ["a"], [0], steps=0, progress=False)
+
+
+def test_bf16_precision_is_seeded_close_to_fp32_and_auto_resolves(tiny_world_bundle, monkeypatch) -> None:
+    fp32 = sample(tiny_world_bundle, PROMPTS, [0, 1, 2], precision="fp32", **FAST)
+    bf16 = sample(tiny_world_bundle, PROMPTS, [0, 1, 2], precision="bf16", **FAST)
+    again = sample(tiny_world_bundle, PROMPTS, [0, 1, 2], precision="bf16", **FAST)
+    np.testing.assert_array_equal(bf16, again)  # same seed, same image, in bf16 too
+    diff = np.abs(bf16.astype(int) - fp32.astype(int))
+    assert 0 < diff.max() and diff.mean() < 4  # bf16 arithmetic, not a different image
+    assert tiny_world_bundle.unet.dtype == torch.float32  # autocast leaves the weights alone
+    monkeypatch.setattr("cdc.sampler.native_bf16", lambda device: False)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    np.testing.assert_array_equal(sample(tiny_world_bundle, PROMPTS, [0, 1, 2], precision="auto", **FAST), fp32)
+    monkeypatch.setattr("cdc.sampler.native_bf16", lambda device: True)
+    assert resolve_precision("auto", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
+    with pytest.raises(ValueError, match="precision"):
+        sample(tiny_world_bundle, ["a church"], [0], precision="fp16", **FAST)
