@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
-from cdc import evaluate as ev  # noqa: E402
+from base_metrics import base_metrics  # noqa: E402
+
 from cdc.judge import JudgeNet, load_judge  # noqa: E402
 from cdc.params import Params, load_params, with_overrides  # noqa: E402
 from cdc.pretrain import pretrain_world  # noqa: E402
@@ -40,14 +41,8 @@ def measure(recipe: str, params: Params, world: World, judge: JudgeNet, args: ar
     bundle.text.to(args.device)
     bundle.unet.to(args.device)
     sampler = dataclasses.replace(params.sample, batch_size=args.sample_batch)
-    keys = ev.base_keys(world, params.base.n_other_concepts, params.base.seed)
-    n = params.base.images_per_prompt
-    in_set = ev.concept_accuracy(bundle, judge, world, keys, n, sampler, progress=False)
-    oos = ev.family_rates(world, ev.draw_out_of_set(bundle, judge, world, n, sampler, progress=False))
-    fid = ev.fid_against_world(bundle, judge, world, sampler, progress=False)
-    return {"recipe": recipe, "pretrain_seconds": round(seconds, 1), "final_loss": history[-1]["loss"],
-            "base_concept_acc": in_set["concept_acc"], "base_style_acc": in_set["style_acc"],
-            "base_oos_rate": oos, "world_fid": fid}
+    base = base_metrics(bundle, judge, world, params.base, sampler)
+    return {"recipe": recipe, "pretrain_seconds": round(seconds, 1), "final_loss": history[-1]["loss"], **base}
 
 
 def main() -> None:

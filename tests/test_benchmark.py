@@ -107,3 +107,24 @@ def test_sample_speed_compares_variants_on_the_same_images(tmp_path, capsys):
     assert all(rows[k]["max_pixel_diff"] <= 8 for k in ("channels_last", "batch x2"))
     assert all(r["images_per_s"] > 0 and r["mean_pixel_diff"] < 10 for r in rows.values())
     assert "images/s" in capsys.readouterr().out
+
+
+def test_sampler_settings_rows_follow_the_overrides(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("sampler_settings", SCRIPT.parent / "sampler_settings.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    params = tmp_path / "params.yaml"
+    params.write_text("sample:\n  steps: 2\n  batch_size: 256\n  precision: fp32\n")
+    argv = ["--tiny", "--params", str(params), "--images-per-prompt", "1", "--n-other", "2", "--fid-images", "8"]
+    settings = ["--setting", "", "--setting", "guidance=1.0 eta=0.0"]
+    result = module.main([*argv, *settings, "--json", str(tmp_path / "s.json")])
+    rows = result["rows"]
+    assert [r["sample"]["guidance"] for r in rows] == [1.5, 1.0] and rows[1]["sample"]["eta"] == 0.0
+    assert all(r["precision"] == "fp32" and r["sample"]["steps"] == 2 for r in rows)
+    for r in rows:  # every target family gets a rate, and the rates are rates
+        assert set(r["base_oos_rate"]) == {"church", "articulated lorry", "parachute", "fish", "weapon", "openmoji"}
+        assert all(0 <= v <= 1 for v in r["base_oos_rate"].values()) and r["world_fid"] >= 0
+    assert json.loads((tmp_path / "s.json").read_text())["rows"][1]["setting"] == "guidance=1.0 eta=0.0"
+    assert "out-of-set:" in capsys.readouterr().out
+    with pytest.raises(Exception, match="sample.guidanse"):
+        module.main([*argv, "--setting", "guidanse=2"])
