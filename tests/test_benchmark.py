@@ -126,5 +126,7 @@ def test_sampler_settings_rows_follow_the_overrides(tmp_path, capsys):
         assert all(0 <= v <= 1 for v in r["base_oos_rate"].values()) and r["world_fid"] >= 0
     assert json.loads((tmp_path / "s.json").read_text())["rows"][1]["setting"] == "guidance=1.0 eta=0.0"
     assert "out-of-set:" in capsys.readouterr().out
-    with pytest.raises(Exception, match="sample.guidanse"):
+    from cdc.errors import ParamsError
+
+    with pytest.raises(ParamsError, match="sample.guidanse"):
         module.main([*argv, "--setting", "guidanse=2"])
