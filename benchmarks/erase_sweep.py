@@ -12,6 +12,12 @@ anchors` first) and is evaluated with `cdc.evaluate.erasure_row`, with the evalu
 and judge. So the "" arm reproduces the committed row of data/eval/<concept>.json, and the surgery ablation
 (cosine / pcgrad / sum) and equal-budget sweeps (the same override for every method) are one command each.
 About 75 s of erase and 45-100 s of evaluation per DoCo run on a 2-core CPU.
+
+Choosing a setting on the rows the paper reports would tune on the test set. `--sample "seed=1000"
+--evaluate "seed=778"` override params.yaml's `sample` and `evaluate` sections for the evaluation (the
+erase itself is untouched): other image seeds and another seeded sample of retained concepts, a
+validation split of the same protocol. `--with-base` adds the base model's row under the
+same evaluation, so utility can be read relative to base as in erase.csv.
 """
 
 from __future__ import annotations
@@ -60,32 +66,43 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--arm", action="append", help='overrides, e.g. "steps=300 doco.surgery=pcgrad"')
     parser.add_argument("--params", default=str(REPO / "params.yaml"))
     parser.add_argument("--data", default=str(REPO / "data"), help="folder with world/, models/, anchors/")
+    parser.add_argument("--evaluate", default="", help='overrides of the evaluate section, e.g. "seed=778"')
+    parser.add_argument("--sample", default="", help='sample overrides for the evaluation, e.g. "seed=1000"')
+    parser.add_argument("--with-base", action="store_true", help="also evaluate the base model (row method=base)")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     methods, arms = args.method or ["doco"], args.arm or [""]
     params = load_params(args.params)
     configs = [arm_configs(params.erase, arm, methods) for arm in arms]  # every arm checked before any runs
+    cfg = with_overrides(params.evaluate, args.evaluate, "evaluate")
+    sampler = with_overrides(params.sample, args.sample, "sample")
     data = Path(args.data)
     pairs, probe, samples = load_anchors(data / "anchors" / args.concept)
     world = load_world(data / "world/built")
     judge = load_judge(data / "models/judge")
     bundle = load_bundle("world", data / "models/world")
-    cfg = params.evaluate
     retain = ev.other_concepts(world, cfg.n_retain, cfg.seed)
     print(f"hardware: {hardware()}", flush=True)
     rows = []
+    split = {"sample": args.sample, "evaluate": args.evaluate}  # which evaluation split the row is on
+    if args.with_base:
+        row, _ = ev.erasure_row(bundle, judge, world, pairs.family, pairs.target_prompts, probe, retain, cfg,
+                                sampler, progress=False)
+        rows.append({"concept": args.concept, "method": "base", "arm": "", **split, **row})
+        print(json.dumps(rows[-1]), flush=True)
     for arm, by_method in zip(arms, configs):
         for method, method_cfg in by_method.items():
             start = time.perf_counter()
             unet, history = run_method(bundle, method, pairs, samples, method_cfg, progress=False)
             seconds = time.perf_counter() - start
             row, _ = ev.erasure_row(
-                bundle, judge, world, pairs.family, pairs.target_prompts, probe, retain, cfg, params.sample,
+                bundle, judge, world, pairs.family, pairs.target_prompts, probe, retain, cfg, sampler,
                 unet=unet, progress=False,
             )
             fired = [h["surgery_fired"] for h in history if h.get("surgery_fired") is not None]
             # No peak memory here: the process peak grows over runs (the erase stage records one per run).
-            row = {"concept": args.concept, "method": method, "arm": arm, **row, "seconds": round(seconds, 1),
+            row = {"concept": args.concept, "method": method, "arm": arm, **split, **row,
+                   "seconds": round(seconds, 1),
                    "surgery_fired": float(np.mean(fired)) if fired else None}
             rows.append(row)
             remove_lora(bundle.unet)

@@ -7,6 +7,7 @@ import csv
 import io
 import re
 import sys
+import typing
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -190,6 +191,7 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `cdc` argument parser."""
+    from cdc.params import Precision
     parser = argparse.ArgumentParser(prog="cdc", description="Concept erasure toolkit: generate and judge images.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -205,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--guidance", type=float, default=1.5)
     g.add_argument("--eta", type=float, default=1.0)
     g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    g.add_argument("--precision", choices=typing.get_args(Precision), default="auto",
                    help="UNet arithmetic: bf16 autocast where the hardware has it (auto), or forced")
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     g.add_argument("--out", required=True, help="output folder (must be new or empty)")

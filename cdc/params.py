@@ -23,6 +23,9 @@ from ruamel.yaml.error import YAMLError
 from cdc.errors import ParamsError
 from cdc.methods import CaConfig, DocoConfig, EsdConfig
 
+# How the sampler runs the UNet: auto = bf16 autocast where the hardware has native bf16, else fp32.
+Precision = Literal["auto", "fp32", "bf16"]
+
 T = TypeVar("T")
 
 
@@ -256,7 +259,7 @@ class SampleParams:
     # UNet arithmetic while sampling a float32 model: "auto" = bf16 autocast where the hardware does bf16
     # natively (AVX512-BF16/AMX CPUs, CUDA compute >= 8), else fp32 (bf16 is 2x slower without it on AVX512
     # and 20x on AVX2: benchmarks/sample_speed.py). Stages record what "auto" resolved to.
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    precision: Precision = "auto"
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,6 +12,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cdc.bundle import ModelBundle
+from cdc.params import Precision
 from cdc.system import native_bf16
 
 
@@ -101,8 +103,8 @@ def _sample_batch(
 
 def resolve_precision(precision: str, device: str | torch.device) -> str:
     """'fp32' or 'bf16' as given; 'auto' -> 'bf16' where the device has native bf16 (`native_bf16`), else 'fp32'."""
-    if precision not in ("auto", "fp32", "bf16"):
-        raise ValueError(f"sample: precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    if precision not in typing.get_args(Precision):
+        raise ValueError(f"sample: precision must be one of {', '.join(typing.get_args(Precision))}, got {precision!r}")
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision

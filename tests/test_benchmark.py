@@ -94,6 +94,20 @@ def test_erase_sweep_arms_apply_to_all_or_one_method():
         module.arm_configs(erase, "surgery=sum", ["doco", "esd"])
 
 
+def test_erase_sweep_checks_evaluate_overrides_before_loading_anything(tmp_path):
+    spec = importlib.util.spec_from_file_location("erase_sweep", SCRIPT.parent / "erase_sweep.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    from cdc.errors import ParamsError
+
+    with pytest.raises(ParamsError, match="evaluate.sed"):
+        module.main(["--evaluate", "sed=778", "--data", str(tmp_path)])
+    with pytest.raises(ParamsError, match="sample.seed"):
+        module.main(["--sample", "seed=one", "--data", str(tmp_path)])
+    with pytest.raises(FileNotFoundError):  # valid overrides get as far as the (missing) anchors
+        module.main(["--evaluate", "seed=778", "--sample", "seed=1000", "--data", str(tmp_path)])
+
+
 def test_sample_speed_compares_variants_on_the_same_images(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("sample_speed", SCRIPT.parent / "sample_speed.py")
     module = importlib.util.module_from_spec(spec)

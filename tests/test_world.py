@@ -8,7 +8,7 @@ import pytest
 from cdc.params import read_yaml
 from cdc.world.build import build_world, check_families, required_keys
 from cdc.world.captions import all_captions, canonical_prompt, normalise, sample_captions, with_article
-from cdc.world.data import load_world, save_world
+from cdc.world.data import load_renders, load_world, save_world
 from cdc.world.render import render
 from cdc.world.sources import STYLES, catalogue, glyph
 
@@ -59,6 +59,21 @@ def test_build_is_deterministic_and_round_trips(small_world, tmp_path):
     assert np.array_equal(loaded.images, small_world.images) and loaded.concepts == small_world.concepts
     save_world(again, tmp_path / "v")  # byte-identical, so git and DVC see no change on a rebuild
     assert (tmp_path / "w" / "images.npz").read_bytes() == (tmp_path / "v" / "images.npz").read_bytes()
+
+
+def test_renders_carry_their_labels_without_the_captions(small_world, tmp_path):
+    save_world(small_world, tmp_path / "w")
+    before = (tmp_path / "w" / "images.npz").read_bytes()
+    renders = load_renders(tmp_path / "w")
+    assert renders.keys == small_world.keys and renders.styles == small_world.styles
+    assert np.array_equal(renders.concept, small_world.concept) and np.array_equal(renders.images, small_world.images)
+    # A caption change rewrites concepts.json only: the judge, which depends on images.npz, is not retrained.
+    small_world.concepts[0]["phrases"].append("a brand new phrase")
+    try:
+        save_world(small_world, tmp_path / "v")
+    finally:
+        small_world.concepts[0]["phrases"].pop()
+    assert (tmp_path / "v" / "images.npz").read_bytes() == before
 
 
 def test_out_of_set_prompts_never_in_training(small_world):

@@ -1,4 +1,8 @@
-"""The built world on disk: images.npz (renders) + concepts.json (names, phrases, families, prompts)."""
+"""The built world on disk: images.npz (renders and their labels) + concepts.json (names, phrases, families, prompts).
+
+images.npz carries everything a classifier of the renders needs (concept keys and style names included),
+so the judge stage depends on it alone and a caption change in concepts.json does not retrain the judge.
+"""
 
 from __future__ import annotations
 
@@ -40,9 +44,33 @@ def save_world(world: World, folder: Path) -> None:
     """Write images.npz and concepts.json into folder, atomically as a whole."""
     with atomic_path(folder) as tmp:
         tmp.mkdir(parents=True)
-        save_npz(tmp / "images.npz", images=world.images, concept=world.concept, style=world.style)
+        save_npz(tmp / "images.npz", images=world.images, concept=world.concept, style=world.style,
+                 keys=np.asarray(world.keys), styles=np.asarray(world.styles))
         meta = {k: getattr(world, k) for k in ("concepts", "styles", "targets", "out_of_set", "templates")}
         save_json(meta, tmp / "concepts.json")
+
+
+@dataclass
+class Renders:
+    """The labelled renders of a built world, without captions or prompts (what the judge learns from)."""
+
+    images: np.ndarray  # (N, S, S, 3) uint8
+    concept: np.ndarray  # (N,) int64
+    style: np.ndarray  # (N,) int64
+    keys: list[str]  # concept keys in id order
+    styles: list[str]
+
+
+def load_renders(folder: str | Path) -> Renders:
+    """Read only images.npz of a built world."""
+    path = Path(folder) / "images.npz"
+    if not path.exists():
+        raise FileNotFoundError(f"no built world in {folder}: run `dvc repro world` first")
+    arrays = np.load(path)
+    if "keys" not in arrays:
+        raise ValueError(f"{path} has no concept keys: it was built by an older cdc, run `dvc repro world`")
+    return Renders(arrays["images"], arrays["concept"], arrays["style"],
+                   [str(k) for k in arrays["keys"]], [str(s) for s in arrays["styles"]])
 
 
 def load_world(folder: str | Path) -> World:
