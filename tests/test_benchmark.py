@@ -144,3 +144,27 @@ def test_sampler_settings_rows_follow_the_overrides(tmp_path, capsys):
 
     with pytest.raises(ParamsError, match="sample.guidanse"):
         module.main([*argv, "--setting", "guidanse=2"])
+
+
+def test_sweep_summary_adopts_an_arm_only_when_it_meets_more_concepts(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("sweep_summary", SCRIPT.parent / "sweep_summary.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(concept, method, arm="", in_set=0.0, nbr=1.0, every=1.0):
+        return {"concept": concept, "method": method, "arm": arm, "in_set": in_set, "out_of_set": 0.0,
+                "retain_neighbors": nbr, "retain_all": every, "world_fid": 3.0}
+
+    rows = [row("a", "base", in_set=0.9, every=0.96), row("b", "base", in_set=0.8),
+            row("a", "doco", nbr=0.8), row("b", "doco"),  # params.yaml: meets b only
+            row("a", "doco", "lam=2", every=0.92), row("b", "doco", "lam=2"),  # 0.92 >= 0.95 x 0.96: meets both
+            row("a", "ca"), row("b", "ca", in_set=0.1),  # meets a only
+            row("a", "ca", "prior_weight=2", nbr=0.5), row("b", "ca", "prior_weight=2")]  # meets b only: a tie
+    path = tmp_path / "val.json"
+    path.write_text(json.dumps(rows))
+    summary = module.main([str(path)])
+    assert summary["meets"]["doco"] == {"": ["b"], "lam=2": ["a", "b"]}
+    assert summary["adopted"] == {"doco": "lam=2", "ca": ""}
+    assert "adopts lam=2" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--with-base"):
+        module.summarise([r for r in rows if r["method"] != "base"])

@@ -1,0 +1,73 @@
+"""Apply issue 4's targets to erase_sweep.py rows and say which arm each method adopts.
+
+    python benchmarks/sweep_summary.py val_*.json [--json summary.json]
+
+Reads the JSON files `erase_sweep.py --with-base --json` writes (one per concept, each with its base row
+on the same evaluation split). An (arm, method) row *meets* its concept when in-set <= 0.05, neighbours
+>= 0.9 x base and retain-all >= 0.95 x base. Per method, an arm is adopted over params.yaml's setting
+("") only if it meets more concepts; ties keep params.yaml. Out-of-set rates are printed, not used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+IN_SET_MAX, NEIGHBOURS_MIN, RETAIN_ALL_MIN = 0.05, 0.9, 0.95
+
+
+def meets(row: dict, base: dict) -> bool:
+    """Issue 4's targets for one erased row against the base row of the same concept and split."""
+    return (row["in_set"] <= IN_SET_MAX
+            and row["retain_neighbors"] >= NEIGHBOURS_MIN * base["retain_neighbors"]
+            and row["retain_all"] >= RETAIN_ALL_MIN * base["retain_all"])
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Per (method, arm): the concepts it meets; per method: the adopted arm."""
+    base = {r["concept"]: r for r in rows if r["method"] == "base"}
+    concepts = sorted({r["concept"] for r in rows if r["method"] != "base"})
+    missing = [c for c in concepts if c not in base]
+    if missing:
+        raise ValueError(f"no base row for {missing}: run erase_sweep.py with --with-base")
+    met: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        if r["method"] != "base":
+            met[r["method"]].setdefault(r["arm"], [])
+            if meets(r, base[r["concept"]]):
+                met[r["method"]][r["arm"]].append(r["concept"])
+    adopted = {}
+    for method, arms in met.items():
+        # max() keeps the first of equal counts, so params.yaml's "" wins ties when listed first.
+        order = sorted(arms, key=lambda a: a != "")
+        adopted[method] = max(order, key=lambda a: len(arms[a]))
+    return {"concepts": concepts, "meets": {m: dict(a) for m, a in met.items()}, "adopted": adopted}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("files", nargs="+", help="erase_sweep.py --json outputs")
+    parser.add_argument("--json", help="also write the summary here")
+    args = parser.parse_args(argv)
+    rows = [r for f in args.files for r in json.loads(Path(f).read_text())]
+    summary = summarise(rows)
+    base = {r["concept"]: r for r in rows if r["method"] == "base"}
+    print(f"{'concept':18s} {'method':6s} {'in':>5s} {'oos':>5s} {'nbr/base':>8s} {'all/base':>8s} {'FID':>5s}  arm")
+    for r in rows:
+        b = base[r["concept"]]
+        flag = "" if r["method"] == "base" else ("meets" if meets(r, b) else "-")
+        print(f"{r['concept']:18s} {r['method']:6s} {r['in_set']:5.2f} {r['out_of_set']:5.2f} "
+              f"{r['retain_neighbors'] / b['retain_neighbors']:8.2f} {r['retain_all'] / b['retain_all']:8.2f} "
+              f"{r['world_fid']:5.1f}  {r['arm'] or 'params.yaml'} {flag}")
+    for method, arms in summary["meets"].items():
+        counts = ", ".join(f"{a or 'params.yaml'}: {len(c)}/{len(summary['concepts'])}" for a, c in arms.items())
+        print(f"{method}: {counts} -> adopts {summary['adopted'][method] or 'params.yaml'}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
