@@ -23,6 +23,7 @@ same evaluation, so utility can be read relative to base as in erase.csv.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -85,9 +86,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"hardware: {hardware()}", flush=True)
     rows = []
     split = {"sample": args.sample, "evaluate": args.evaluate}  # which evaluation split the row is on
+    # Every row, base or erased, is judged on the same prompts, seeds and retained concepts.
+    judge_row = functools.partial(ev.erasure_row, bundle, judge, world, pairs.family, pairs.target_prompts, probe,
+                                  retain, cfg, sampler, progress=False)
     if args.with_base:
-        row, _ = ev.erasure_row(bundle, judge, world, pairs.family, pairs.target_prompts, probe, retain, cfg,
-                                sampler, progress=False)
+        row, _ = judge_row()
         rows.append({"concept": args.concept, "method": "base", "arm": "", **split, **row})
         print(json.dumps(rows[-1]), flush=True)
     for arm, by_method in zip(arms, configs):
@@ -95,10 +98,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             start = time.perf_counter()
             unet, history = run_method(bundle, method, pairs, samples, method_cfg, progress=False)
             seconds = time.perf_counter() - start
-            row, _ = ev.erasure_row(
-                bundle, judge, world, pairs.family, pairs.target_prompts, probe, retain, cfg, sampler,
-                unet=unet, progress=False,
-            )
+            row, _ = judge_row(unet=unet)
             fired = [h["surgery_fired"] for h in history if h.get("surgery_fired") is not None]
             # No peak memory here: the process peak grows over runs (the erase stage records one per run).
             row = {"concept": args.concept, "method": method, "arm": arm, **split, **row,

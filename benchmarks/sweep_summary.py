@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 from pathlib import Path
 
 IN_SET_MAX, NEIGHBOURS_MIN, RETAIN_ALL_MIN = 0.05, 0.9, 0.95
@@ -25,25 +24,30 @@ def meets(row: dict, base: dict) -> bool:
             and row["retain_all"] >= RETAIN_ALL_MIN * base["retain_all"])
 
 
+def base_rows(rows: list[dict]) -> dict[str, dict]:
+    """The base model's row per concept."""
+    return {r["concept"]: r for r in rows if r["method"] == "base"}
+
+
 def summarise(rows: list[dict]) -> dict:
     """Per (method, arm): the concepts it meets; per method: the adopted arm."""
-    base = {r["concept"]: r for r in rows if r["method"] == "base"}
+    base = base_rows(rows)
     concepts = sorted({r["concept"] for r in rows if r["method"] != "base"})
     missing = [c for c in concepts if c not in base]
     if missing:
         raise ValueError(f"no base row for {missing}: run erase_sweep.py with --with-base")
-    met: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    met: dict[str, dict[str, list[str]]] = {}  # method -> arm -> concepts met, arms in the order run
     for r in rows:
         if r["method"] != "base":
-            met[r["method"]].setdefault(r["arm"], [])
+            concepts_met = met.setdefault(r["method"], {}).setdefault(r["arm"], [])
             if meets(r, base[r["concept"]]):
-                met[r["method"]][r["arm"]].append(r["concept"])
+                concepts_met.append(r["concept"])
     adopted = {}
     for method, arms in met.items():
         # max() keeps the first of equal counts, so params.yaml's "" wins ties when listed first.
         order = sorted(arms, key=lambda a: a != "")
         adopted[method] = max(order, key=lambda a: len(arms[a]))
-    return {"concepts": concepts, "meets": {m: dict(a) for m, a in met.items()}, "adopted": adopted}
+    return {"concepts": concepts, "meets": met, "adopted": adopted}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -52,8 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", help="also write the summary here")
     args = parser.parse_args(argv)
     rows = [r for f in args.files for r in json.loads(Path(f).read_text())]
-    summary = summarise(rows)
-    base = {r["concept"]: r for r in rows if r["method"] == "base"}
+    summary, base = summarise(rows), base_rows(rows)
     print(f"{'concept':18s} {'method':6s} {'in':>5s} {'oos':>5s} {'nbr/base':>8s} {'all/base':>8s} {'FID':>5s}  arm")
     for r in rows:
         b = base[r["concept"]]

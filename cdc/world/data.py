@@ -61,11 +61,17 @@ class Renders:
     styles: list[str]
 
 
-def load_renders(folder: str | Path) -> Renders:
-    """Read only images.npz of a built world."""
-    path = Path(folder) / "images.npz"
+def _world_file(folder: str | Path, name: str) -> Path:
+    """Path of one file of a built world, with the error that names the stage when it is missing."""
+    path = Path(folder) / name
     if not path.exists():
         raise FileNotFoundError(f"no built world in {folder}: run `dvc repro world` first")
+    return path
+
+
+def load_renders(folder: str | Path) -> Renders:
+    """Read only images.npz of a built world."""
+    path = _world_file(folder, "images.npz")
     arrays = np.load(path)
     if "keys" not in arrays:
         raise ValueError(f"{path} has no concept keys: it was built by an older cdc, run `dvc repro world`")
@@ -75,9 +81,6 @@ def load_renders(folder: str | Path) -> Renders:
 
 def load_world(folder: str | Path) -> World:
     """Read a world written by save_world."""
-    folder = Path(folder)
-    if not (folder / "images.npz").exists() or not (folder / "concepts.json").exists():
-        raise FileNotFoundError(f"no built world in {folder}: run `dvc repro world` first")
-    arrays = np.load(folder / "images.npz")
-    meta = load_json(folder / "concepts.json")
+    arrays = np.load(_world_file(folder, "images.npz"))
+    meta = load_json(_world_file(folder, "concepts.json"))
     return World(arrays["images"], arrays["concept"], arrays["style"], **meta)
