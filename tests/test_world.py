@@ -111,3 +111,13 @@ def test_captions():
     caps = sample_captions(["church", "steeple"], "twemoji", TEMPLATES, 5, seed=1)
     assert caps[0] == "a church, twemoji style" and len(set(caps)) == 5
     assert caps == sample_captions(["church", "steeple"], "twemoji", TEMPLATES, 5, seed=1)
+
+
+def test_captions_teach_every_phrase_before_repeating_one():
+    phrases = ["fish"] + [f"fish kind {i}" for i in range(19)]
+    for seed in range(5):
+        caps = sample_captions(phrases, "openmoji", TEMPLATES, 24, seed=seed)
+        assert len(set(caps)) == 24 and caps[0] == "a fish, openmoji style"
+        assert all(set(all_captions([p], "openmoji", TEMPLATES)) & set(caps) for p in phrases[1:])
+    short = sample_captions(["axe"], "twemoji", ["{a}"], 50, seed=0)  # fewer captions than k: all of them
+    assert sorted(short) == sorted(all_captions(["axe"], "twemoji", ["{a}"]))

@@ -44,11 +44,23 @@ def canonical_prompt(name: str, style: str) -> str:
 
 
 def sample_captions(phrases: list[str], style: str, templates: list[str], k: int, seed: int) -> list[str]:
-    """k distinct captions for one (concept, style), always including the canonical prompt."""
-    pool = all_captions(phrases, style, templates)
+    """k distinct captions for one (concept, style): the canonical prompt, then one per phrase in turn.
+
+    Drawing phrase by phrase (a shuffled round per pass) rather than from the whole pool means that every
+    phrase is taught before any phrase repeats: a concept with 20 keywords and k = 24 sees them all,
+    where a uniform draw from 20 x templates x suffixes captions would skip some of them.
+    """
     rng = random.Random(seed)
-    rest = [c for c in pool if c != canonical_prompt(phrases[0], style)]
-    return [canonical_prompt(phrases[0], style)] + rng.sample(rest, min(k - 1, len(rest)))
+    canonical = canonical_prompt(phrases[0], style)
+    per_phrase = [rng.sample(caps, len(caps)) for caps in (all_captions([p], style, templates) for p in phrases)]
+    order = rng.sample(range(len(phrases)), len(phrases))
+    out, seen = [canonical], {canonical}
+    for round_ in itertools.zip_longest(*(per_phrase[i] for i in order)):
+        for caption in round_:
+            if caption is not None and caption not in seen and len(out) < k:
+                out.append(caption)
+                seen.add(caption)
+    return out
 
 
 def normalise(text: str) -> str:
