@@ -60,6 +60,35 @@ def check_parameters(src: str | os.PathLike[str], parameters: Mapping[str, Any])
         )
 
 
+def final_text(text: str) -> str:
+    """What a terminal shows for `text`: each line keeps only what was written after its last carriage return."""
+    lines = text.replace("\r\n", "\n").split("\n")
+    return "\n".join(([s for s in line.split("\r") if s] or [""])[-1] for line in lines)
+
+
+def collapse_progress(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
+    """Merge each cell's consecutive stream outputs and keep the last state of redrawn lines (tqdm bars).
+
+    A progress bar redraws its line with a carriage return; an executed notebook stores every redraw as
+    its own output (thousands for a training loop), while a reader only wants the final bar.
+    """
+    for cell in nb.cells:
+        merged: list[nbformat.NotebookNode] = []
+        for out in cell.get("outputs", []):
+            prev = merged[-1] if merged else None
+            if (out.get("output_type") == "stream" and prev is not None
+                    and prev.get("output_type") == "stream" and prev.get("name") == out.get("name")):
+                prev["text"] += out["text"]
+            else:
+                merged.append(out)
+        for out in merged:
+            if out.get("output_type") == "stream":
+                out["text"] = final_text(out["text"])
+        if "outputs" in cell:
+            cell["outputs"] = merged
+    return nb
+
+
 def run_notebook(
     src: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -85,7 +114,7 @@ def run_notebook(
             cwd=None if cwd is None else str(cwd),
         )
         # papermill records where it wrote; record the final name, not the temporary one.
-        nb = nbformat.read(tmp, as_version=4)
+        nb = collapse_progress(nbformat.read(tmp, as_version=4))
         nb.metadata.setdefault("papermill", {})["output_path"] = str(out)
         nbformat.write(nb, tmp)
     return out

@@ -14,7 +14,7 @@ import nbformat
 import pytest
 
 from cdc.errors import ParamsError
-from cdc.notebook import notebook_parameters, parse_value, run_notebook
+from cdc.notebook import final_text, notebook_parameters, parse_value, run_notebook
 from cdc.params import read_yaml
 
 pytestmark = pytest.mark.notebooks
@@ -90,6 +90,27 @@ def test_run_creates_folder_and_injects(tmp_path):
     assert "injected-parameters" in nb.cells[1].metadata.tags
     assert nb.cells[2].outputs[0]["text"].strip() == "42"
     assert nb.metadata.papermill.output_path == str(out)
+
+
+def test_progress_bars_are_stored_as_their_final_state(tmp_path):
+    body = ("import sys, time\nfrom tqdm import tqdm\n"
+            "for _ in tqdm(range(40), desc='work', mininterval=0, file=sys.stderr):\n    time.sleep(0.02)\n"
+            "print('done')")
+    out = tmp_path / "00_tiny.ipynb"
+    run_notebook(tiny_notebook(tmp_path, body=body), out, {})
+    outputs = nbformat.read(out, as_version=4).cells[-1].outputs
+    streams = {name: "".join(o["text"] for o in outputs if o.get("name") == name) for name in ("stdout", "stderr")}
+    assert len(outputs) <= 3  # a few merged outputs, not one per redraw (tqdm's closing newline may come last)
+    assert "\r" not in streams["stderr"] and streams["stderr"].count("work:") == 1 and "40/40" in streams["stderr"]
+    assert streams["stdout"] == "done\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [("\rbar 1\rbar 2\n", "bar 2\n"), ("a\r\nb", "a\nb"), ("\rx 1/2\rx 2/2\r", "x 2/2"), ("plain", "plain")],
+)
+def test_final_text_is_what_a_terminal_shows(text, shown):
+    assert final_text(text) == shown
 
 
 def test_failed_run_leaves_no_executed_copy(tmp_path):
