@@ -36,7 +36,7 @@ def family_of(world: World, slug: str) -> str:
     return by_slug[slug]
 
 
-PHRASES = ("all", "names")
+PHRASES = ("all", "names", "drawn")
 
 
 def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = "all") -> Pairs:
@@ -44,7 +44,8 @@ def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = 
 
     phrases="all": every phrase the world's training captions use for the members (names, aliases,
     keywords) and the family's umbrella words, as DoCo and CA train on many captions of the concept;
-    "names": the members' names and the umbrella words. The anchor side is always the anchor's name, as
+    "names": the members' names and the umbrella words; "drawn" starts from "all" and is narrowed by
+    `keep_drawn` once the base model's samples are judged. The anchor side is always the anchor's name, as
     DoCo swaps one anchor word for the target: an anchor alias can be drawn as the target itself (the
     world model draws "a box truck" as an articulated lorry half the time), which would teach the target.
     A style family keeps the object and swaps the style: "a cat, openmoji style" -> "a cat, twemoji style";
@@ -62,7 +63,7 @@ def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = 
         suffixes.sort(key=lambda s: s != CANONICAL_STYLE[family])  # canonical phrasing first
         return Pairs(family, [with_article(k) + s for k in probe for s in suffixes],
                      [canonical_prompt(k, fam["anchor"]) for k in probe for _ in suffixes])
-    if phrases == "all":
+    if phrases in ("all", "drawn"):
         names = [p for m in fam["members"] for p in world.concepts[world.index(m)]["phrases"]] + fam["umbrella"]
     else:
         names = fam["members"] + fam["umbrella"]
@@ -79,6 +80,36 @@ def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = 
     if clash:
         raise ValueError(f"family {family!r}: the anchor prompt equals the target prompt {clash[0]!r}")
     return Pairs(family, targets, anchors)
+
+
+def keep_drawn(
+    pairs: Pairs, samples: dict[str, np.ndarray], hits: np.ndarray, min_rate: float
+) -> tuple[Pairs, dict[str, np.ndarray]]:
+    """Keep the pairs whose target prompt the base model draws as the concept (judge hit rate >= min_rate).
+
+    hits (M,) bool says whether the judge sees the family in target_images[j], drawn for pair
+    target_index[j]. A phrase the base model draws as something else ("a juggernaut" as an elephant)
+    would teach the erasure to move that other concept, so it is dropped; the samples of kept pairs are
+    renumbered to the kept pairs' new positions.
+    """
+    index = samples["target_index"]
+    if hits.shape != index.shape:
+        raise ValueError(f"{hits.shape} judge verdicts for {index.shape} target images")
+    n = len(pairs.target_prompts)
+    rate = np.bincount(index, weights=hits.astype(float), minlength=n) / np.maximum(np.bincount(index, minlength=n), 1)
+    kept = np.flatnonzero(rate >= min_rate)  # (K,) pair ids, in order
+    if len(kept) == 0:
+        raise ValueError(f"family {pairs.family!r}: the base model draws none of its prompts as the concept "
+                         f"(best rate {rate.max():.2f} < {min_rate})")
+    new_id = np.full(n, -1)
+    new_id[kept] = np.arange(len(kept))
+    out = {}
+    for side in ("anchor", "target"):
+        keep = np.isin(samples[f"{side}_index"], kept)  # (M,) images of kept pairs
+        out[f"{side}_images"] = samples[f"{side}_images"][keep]
+        out[f"{side}_index"] = new_id[samples[f"{side}_index"][keep]]
+    return Pairs(pairs.family, [pairs.target_prompts[i] for i in kept],
+                 [pairs.anchor_prompts[i] for i in kept]), out
 
 
 def save_anchors(path: str | Path, pairs: Pairs, probe: list[str], samples: dict[str, np.ndarray]) -> Path:

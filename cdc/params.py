@@ -277,13 +277,16 @@ class AnchorsParams:
 
     samples_per_prompt: int = 8  # seeded images per prompt
     phrases: str = "all"  # "all": train on every phrase of the concept in the world's captions; "names"
+    min_drawn: float = 0.5  # phrases "drawn": keep a phrase whose base samples the judge sees as the family this often
     style_probe: int = 24  # objects through which a style family is prompted
     seed: int = 100  # first sample seed; probe choice too
 
     def __post_init__(self) -> None:
         """Reject an unknown phrases option before any sampling (cdc.erase.PHRASES)."""
-        if self.phrases not in ("all", "names"):
-            raise ValueError(f"phrases must be 'all' or 'names', got {self.phrases!r}")
+        if self.phrases not in ("all", "names", "drawn"):
+            raise ValueError(f"phrases must be 'all', 'names' or 'drawn', got {self.phrases!r}")
+        if not 0.0 <= self.min_drawn <= 1.0:
+            raise ValueError(f"min_drawn must lie in [0, 1], got {self.min_drawn}")
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,10 @@ def test_int_is_accepted_for_float(tmp_path):
 def test_post_init_check_becomes_params_error(tmp_path):
     with pytest.raises(ParamsError, match="cross_attention has 2 entries"):
         load_params(write(tmp_path, "pretrain:\n  cross_attention: [false, true]\n"))
-    with pytest.raises(ParamsError, match="'anchors'.*phrases must be 'all' or 'names'"):
+    with pytest.raises(ParamsError, match="'anchors'.*phrases must be 'all', 'names' or 'drawn'"):
         load_params(write(tmp_path, "anchors:\n  phrases: aliases\n"))
+    with pytest.raises(ParamsError, match="min_drawn must lie in"):
+        load_params(write(tmp_path, "anchors:\n  min_drawn: 1.5\n"))
 
 
 def test_nested_dataclasses_dicts_tuples_optionals():

@@ -8,7 +8,7 @@ import torch
 
 from cdc import evaluate as ev
 from cdc.bundle import make_world_scheduler, make_world_unet
-from cdc.erase import erase_pairs, family_of, load_anchors, run_method, save_anchors
+from cdc.erase import Pairs, erase_pairs, family_of, keep_drawn, load_anchors, run_method, save_anchors
 from cdc.errors import NaNLossError
 from cdc.io import save_json
 from cdc.methods import DocoConfig, EsdConfig
@@ -144,6 +144,26 @@ def test_run_method_on_tiny_world(tiny_world_bundle, world):
         remove_lora(unet)
     with pytest.raises(ValueError, match="unknown method"):
         run_method(tiny_world_bundle, "uce", pairs, samples, DocoConfig(), progress=False)
+
+
+def test_keep_drawn_drops_phrases_the_base_model_draws_as_something_else(world):
+    pairs = erase_pairs(world, "church", [], "drawn")
+    assert pairs == erase_pairs(world, "church", [])  # "drawn" starts from every phrase
+    pairs = Pairs("church", ["t0", "t1", "t2"], ["a0", "a1", "a2"])
+    index = np.array([0, 0, 1, 1, 2, 2])  # two images per pair
+    images = np.arange(6, dtype=np.uint8)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)
+    samples = {"anchor_images": images, "anchor_index": index, "target_images": images + 100, "target_index": index}
+    hits = np.array([True, False, False, False, True, True])  # rates 0.5, 0, 1
+    kept, out = keep_drawn(pairs, samples, hits, 0.5)
+    assert kept == Pairs("church", ["t0", "t2"], ["a0", "a2"])
+    assert out["anchor_index"].tolist() == out["target_index"].tolist() == [0, 0, 1, 1]
+    assert out["anchor_images"][:, 0, 0, 0].tolist() == [0, 1, 4, 5]  # the kept pairs' own images
+    assert out["target_images"][:, 0, 0, 0].tolist() == [100, 101, 104, 105]
+    assert keep_drawn(pairs, samples, hits, 0.0)[0] == pairs
+    with pytest.raises(ValueError, match="draws none of its prompts"):
+        keep_drawn(pairs, samples, np.zeros(6, bool), 0.5)
+    with pytest.raises(ValueError, match="verdicts"):
+        keep_drawn(pairs, samples, hits[:4], 0.5)
 
 
 def test_anchors_round_trip_and_missing_anchors(world, tmp_path):
