@@ -13,6 +13,7 @@ from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
 from cdc.io import atomic_path, load_json, save_json, save_npz
 from cdc.methods import CaConfig, DocoConfig, EsdConfig, train_ca, train_doco, train_esd
+from cdc.params import PHRASES
 from cdc.world.captions import CANONICAL_STYLE, STYLE_SUFFIXES, canonical_prompt, with_article
 from cdc.world.data import World
 
@@ -34,9 +35,6 @@ def family_of(world: World, slug: str) -> str:
     if slug not in by_slug:
         raise KeyError(f"unknown concept family {slug!r} (known: {', '.join(sorted(by_slug))})")
     return by_slug[slug]
-
-
-PHRASES = ("all", "names", "drawn")
 
 
 def erase_pairs(world: World, family: str, probe: Sequence[str], phrases: str = "all") -> Pairs:

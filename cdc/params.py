@@ -271,6 +271,9 @@ class BaseParams:
     seed: int = 1234
 
 
+PHRASES = ("all", "names", "drawn")  # anchors.phrases options; cdc.erase.erase_pairs builds each
+
+
 @dataclass(frozen=True)
 class AnchorsParams:
     """Base-model samples that an erasure trains on: anchor prompts (DoCo, CA) and target prompts (ESD)."""
@@ -282,8 +285,8 @@ class AnchorsParams:
     seed: int = 100  # first sample seed; probe choice too
 
     def __post_init__(self) -> None:
-        """Reject an unknown phrases option before any sampling (cdc.erase.PHRASES)."""
-        if self.phrases not in ("all", "names", "drawn"):
+        """Reject an unknown phrases option before any sampling."""
+        if self.phrases not in PHRASES:
             raise ValueError(f"phrases must be 'all', 'names' or 'drawn', got {self.phrases!r}")
         if not 0.0 <= self.min_drawn <= 1.0:
             raise ValueError(f"min_drawn must lie in [0, 1], got {self.min_drawn}")
