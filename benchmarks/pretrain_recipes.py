@@ -8,6 +8,9 @@ recipe the script trains the world model with `cdc.pretrain.pretrain_world`, the
 `sample` sampler and the committed judge, what the `base` stage measures: concept and style accuracy on
 the canonical prompts of every target member and `base.n_other_concepts` other concepts, the out-of-set
 rate per target family, and the world-FID. It prints one row per recipe and the training seconds.
+`--oos-images N` also draws every out-of-set prompt N times (sampler seed 100 onwards) and reports the
+rate per family and per prompt: the base stage's 4 images per prompt move by +-0.1 between two seeds of
+the same recipe, so compare recipes on the larger draw.
 Pretraining takes about an hour per recipe on a 2-core CPU: run it where a GPU is.
 """
 
@@ -25,6 +28,7 @@ sys.path[:0] = [str(REPO), str(REPO / "benchmarks")]
 
 from base_metrics import base_metrics  # noqa: E402
 
+from cdc import evaluate as ev  # noqa: E402
 from cdc.judge import JudgeNet, load_judge  # noqa: E402
 from cdc.params import Params, load_params, with_overrides  # noqa: E402
 from cdc.pretrain import pretrain_world  # noqa: E402
@@ -41,8 +45,16 @@ def measure(recipe: str, params: Params, world: World, judge: JudgeNet, args: ar
     bundle.text.to(args.device)
     bundle.unet.to(args.device)
     sampler = dataclasses.replace(params.sample, batch_size=args.sample_batch)
-    base = base_metrics(bundle, judge, world, params.base, sampler)
-    return {"recipe": recipe, "pretrain_seconds": round(seconds, 1), "final_loss": history[-1]["loss"], **base}
+    row = {"recipe": recipe, "pretrain_seconds": round(seconds, 1), "final_loss": history[-1]["loss"],
+           **base_metrics(bundle, judge, world, params.base, sampler)}
+    if args.oos_images:
+        drawn = ev.draw_out_of_set(bundle, judge, world, args.oos_images, dataclasses.replace(sampler, seed=100),
+                                   progress=False)
+        row["oos_rate_more_images"] = ev.family_rates(world, drawn)
+        row["oos_rate_by_prompt"] = {
+            f: {p: float(ev.family_hits(world, f, d)[[q == p for q in d.prompts]].mean()) for p in world.out_of_set[f]}
+            for f, d in drawn.items()}
+    return row
 
 
 def main() -> None:
@@ -53,6 +65,7 @@ def main() -> None:
     parser.add_argument("--world", default=str(REPO / "data/world/built"))
     parser.add_argument("--judge", default=str(REPO / "data/models/judge"))
     parser.add_argument("--sample-batch", type=int, default=256)
+    parser.add_argument("--oos-images", type=int, default=0, help="also draw each out-of-set prompt this many times")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     params, world, judge = load_params(args.params), load_world(args.world), load_judge(args.judge)
@@ -64,6 +77,9 @@ def main() -> None:
         oos = " ".join(f"{f}={v:.2f}" for f, v in row["base_oos_rate"].items())
         print(f"[{recipe or 'params.yaml'}] {row['pretrain_seconds']:.0f} s  acc {row['base_concept_acc']:.3f}"
               f"/{row['base_style_acc']:.3f}  fid {row['world_fid']:.2f}  out-of-set: {oos}", flush=True)
+        if args.oos_images:
+            more = " ".join(f"{f}={v:.2f}" for f, v in row["oos_rate_more_images"].items())
+            print(f"    out-of-set, {args.oos_images} images per prompt: {more}", flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps({"hardware": hardware(), "device": args.device, "rows": rows}, indent=1))
 
