@@ -51,13 +51,16 @@ def sample_captions(phrases: list[str], style: str, templates: list[str], k: int
     where a uniform draw from 20 x templates x suffixes captions would skip some of them.
     """
     rng = random.Random(seed)
+    canonical = canonical_prompt(phrases[0], style)
     per_phrase = [rng.sample(caps, len(caps)) for caps in (all_captions([p], style, templates) for p in phrases)]
     order = rng.sample(range(len(phrases)), len(phrases))
-    rounds = itertools.chain.from_iterable(itertools.zip_longest(*(per_phrase[i] for i in order)))
-    # dict.fromkeys keeps the first occurrence of each caption, in order; zip_longest pads with None.
-    captions = dict.fromkeys([canonical_prompt(phrases[0], style), *rounds])
-    captions.pop(None, None)
-    return list(captions)[:k]
+    out, seen = [canonical], {canonical}
+    for round_ in itertools.zip_longest(*(per_phrase[i] for i in order)):
+        for caption in round_:
+            if caption is not None and caption not in seen and len(out) < k:
+                out.append(caption)
+                seen.add(caption)
+    return out
 
 
 def normalise(text: str) -> str:
