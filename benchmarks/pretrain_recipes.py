@@ -9,8 +9,8 @@ recipe the script trains the world model with `cdc.pretrain.pretrain_world`, the
 the canonical prompts of every target member and `base.n_other_concepts` other concepts, the out-of-set
 rate per target family, and the world-FID. It prints one row per recipe and the training seconds.
 `--oos-images N` also draws every out-of-set prompt N times (sampler seed 100 onwards) and reports the
-rate per family and per prompt: the base stage's 4 images per prompt move by +-0.1 between two seeds of
-the same recipe, so compare recipes on the larger draw.
+rate per family and per prompt: two training seeds of one recipe differed by up to 0.35 on a family
+(benchmarks/results/2026-11-24_pretrain_recipes_h100.json), so compare recipes on the larger draw.
 Pretraining takes about an hour per recipe on a 2-core CPU: run it where a GPU is.
 """
 
