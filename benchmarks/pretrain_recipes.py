@@ -51,9 +51,7 @@ def measure(recipe: str, params: Params, world: World, judge: JudgeNet, args: ar
         drawn = ev.draw_out_of_set(bundle, judge, world, args.oos_images, dataclasses.replace(sampler, seed=100),
                                    progress=False)
         row["oos_rate_more_images"] = ev.family_rates(world, drawn)
-        row["oos_rate_by_prompt"] = {
-            f: {p: float(ev.family_hits(world, f, d)[[q == p for q in d.prompts]].mean()) for p in world.out_of_set[f]}
-            for f, d in drawn.items()}
+        row["oos_rate_by_prompt"] = {f: ev.prompt_rates(world, f, d) for f, d in drawn.items()}
     return row
 
 

@@ -118,6 +118,8 @@ def erasure_row(
     drawn = {"in_set": draw(bundle, judge, in_set, n_in, sampler, **run),
              "out_of_set": draw(bundle, judge, world.out_of_set[family], cfg.images_per_prompt, sampler, **run)}
     row = {k: float(family_hits(world, family, d).mean()) for k, d in drawn.items()}
+    # Each rate's image count, so the report can put a binomial interval on it.
+    row |= {f"{k}_n": len(d.prompts) for k, d in drawn.items()}
     fam = world.targets[family]
     if fam["kind"] == "style":
         anchor = world.styles.index(fam["anchor"])
@@ -125,14 +127,15 @@ def erasure_row(
         d = draw(bundle, judge, prompts, cfg.retain_images, sampler, **run)
         expected = np.repeat([world.index(k) for k in probe], cfg.retain_images)
         ok = (d.concept == expected) & (d.style == anchor)
-        row["retain_neighbors"] = float(ok.mean())
+        row["retain_neighbors"], row["retain_neighbors_n"] = float(ok.mean()), len(ok)
         row["neighbors_missed"] = misses(world, d, expected, ok)
     else:
         nbr = concept_accuracy(bundle, judge, world, fam["neighbours"], cfg.retain_images, sampler, **run)
-        row["retain_neighbors"] = nbr["concept_acc"]
+        # Every concept has the same number of images, so the per-concept mean is a rate over all of them.
+        row["retain_neighbors"], row["retain_neighbors_n"] = nbr["concept_acc"], len(nbr["drawn"].prompts)
         row["neighbors_missed"] = nbr["missed"]
     every = concept_accuracy(bundle, judge, world, retain, cfg.retain_images, sampler, **run)
-    row["retain_all"] = every["concept_acc"]
+    row["retain_all"], row["retain_all_n"] = every["concept_acc"], len(every["drawn"].prompts)
     row["retain_missed"] = every["missed"]
     row["world_fid"] = fid_against_world(bundle, judge, world, sampler, cfg.fid_images, cfg.seed, **run)
     return row, drawn
@@ -159,6 +162,12 @@ def draw_out_of_set(
     """Every target family's out-of-set prompts, drawn n_images times each and judged."""
     return {f: draw(bundle, judge, p, n_images, sampler, unet=unet, progress=progress)
             for f, p in world.out_of_set.items()}
+
+
+def prompt_rates(world: World, family: str, drawn: Drawn) -> dict[str, float]:
+    """Per prompt (in the order drawn), the fraction of its images the judge sees as the family."""
+    hits, prompts = family_hits(world, family, drawn), np.asarray(drawn.prompts)
+    return {p: float(hits[prompts == p].mean()) for p in dict.fromkeys(drawn.prompts)}
 
 
 def family_rates(world: World, drawn: dict[str, Drawn]) -> dict[str, float]:

@@ -318,6 +318,25 @@ class EvaluateParams:
 
 
 @dataclass(frozen=True)
+class ReportParams:
+    """What the report calls a successful erasure (issue 4's targets) and how sure its intervals are."""
+
+    in_set_max: float = 0.05  # erased: the judge sees the family on its training prompts at most this often
+    out_of_set_max: float = 0.15  # ... and on paraphrases never trained on
+    neighbors_min: float = 0.9  # kept: retain_neighbors at least this x the base model's
+    retain_all_min: float = 0.95  # kept: retain_all at least this x the base model's
+    confidence: float = 0.95  # Wilson intervals on every rate (binomial over the judged images)
+
+    def __post_init__(self) -> None:
+        """Rates and factors lie in [0, 1]; a confidence of 0 or 1 gives no interval."""
+        for name in ("in_set_max", "out_of_set_max", "neighbors_min", "retain_all_min"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
+        if not 0.0 < self.confidence < 1.0:
+            raise ValueError(f"confidence must lie in (0, 1), got {self.confidence}")
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml; each field is one section."""
 
@@ -329,6 +348,7 @@ class Params:
     anchors: AnchorsParams = field(default_factory=AnchorsParams)
     erase: EraseParams = field(default_factory=EraseParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    report: ReportParams = field(default_factory=ReportParams)
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

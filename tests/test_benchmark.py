@@ -152,7 +152,8 @@ def test_sweep_summary_adopts_an_arm_only_when_it_meets_more_concepts(tmp_path, 
     spec.loader.exec_module(module)
 
     def row(concept, method, arm="", in_set=0.0, nbr=1.0, every=1.0):
-        return {"concept": concept, "method": method, "arm": arm, "in_set": in_set, "out_of_set": 0.0,
+        # out-of-set is for the test split: a high one does not stop a row meeting its concept
+        return {"concept": concept, "method": method, "arm": arm, "in_set": in_set, "out_of_set": 0.5,
                 "retain_neighbors": nbr, "retain_all": every, "world_fid": 3.0}
 
     rows = [row("a", "base", in_set=0.9, every=0.96), row("b", "base", in_set=0.8),
@@ -162,7 +163,7 @@ def test_sweep_summary_adopts_an_arm_only_when_it_meets_more_concepts(tmp_path, 
             row("a", "ca", "prior_weight=2", nbr=0.5), row("b", "ca", "prior_weight=2")]  # meets b only: a tie
     path = tmp_path / "val.json"
     path.write_text(json.dumps(rows))
-    summary = module.main([str(path)])
+    summary = module.main([str(path), "--params", str(SCRIPT.parents[1] / "params.yaml")])
     assert summary["meets"]["doco"] == {"": ["b"], "lam=2": ["a", "b"]}
     assert summary["adopted"] == {"doco": "lam=2", "ca": ""}
     assert "adopts lam=2" in capsys.readouterr().out

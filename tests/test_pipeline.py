@@ -14,7 +14,7 @@ from cdc.io import save_json
 from cdc.methods import DocoConfig, EsdConfig
 from cdc.params import read_yaml
 from cdc.pretrain import augment_context, caption_pool, lr_at, train_world_model
-from cdc.report import erase_table, latex_table
+from cdc.report import erase_table, latex_table, targets_met
 from cdc.world.build import build_world
 from cdc.world.captions import STYLE_SUFFIXES
 
@@ -179,18 +179,38 @@ def test_anchors_round_trip_and_missing_anchors(world, tmp_path):
 
 
 def test_report_table(tmp_path):
-    rows = [{"concept": "church", "method": m, "in_set": v, "out_of_set": v, "retain_all": 0.9, "retain_neighbors": r,
-             "world_fid": 3.0} for m, v, r in [("base", 0.9, 0.8), ("doco", 0.0, 0.4)]]
+    counts = {"in_set_n": 40, "out_of_set_n": 32, "retain_all_n": 48, "retain_neighbors_n": 40}
+    rows = [{"concept": "church", "method": m, "in_set": v, "out_of_set": v, "retain_all": a, "retain_neighbors": r,
+             "world_fid": 3.0, **counts}
+            for m, v, a, r in [("base", 0.9, 1.0, 1.0), ("doco", 0.0, 0.9375, 0.4), ("esd", 0.0, 1.0, 0.95)]]
     save_json(rows, tmp_path / "eval" / "church.json")
     save_json({"seconds": 12.0, "peak_mem_mb": 900}, tmp_path / "erase" / "church" / "doco.json")
-    table = erase_table(["church"], ["doco"], tmp_path / "eval", tmp_path / "erase")
-    assert table.loc[table.method == "doco", "retain_neighbors_vs_base"].item() == pytest.approx(0.5)
-    assert table.loc[table.method == "doco", "seconds"].item() == 12.0
-    assert "church & doco & 0.00" in latex_table(table)
+    table = erase_table(["church"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase").set_index("method")
+    assert table.loc["doco", "retain_neighbors_vs_base"] == pytest.approx(0.4)
+    assert table.loc["doco", "seconds"] == 12.0
+    assert table.loc["doco", "retain_neighbors_lo"] < 0.4 < table.loc["doco", "retain_neighbors_hi"]
+    # 45/48 misses 0.95 x base, but not clearly; 16/40 neighbours misses 0.9 x base clearly.
+    assert table.loc["doco", "missed"] == "retain_neighbors retain_all"
+    assert table.loc["doco", "missed_clearly"] == "retain_neighbors"
+    assert table.loc["esd", "missed"] == "" and table.loc["base", "missed"] == ""
+    met = targets_met(table.reset_index())
+    assert met.loc["esd", "met"] == "1/1" and met.loc["doco", "meets"] == "" and met.loc["doco", "met"] == "0/1"
+    tex = latex_table(table.reset_index())
+    assert "church & doco & 0.00" in tex and "nbr, all$^\\ast$" in tex
     with pytest.raises(ValueError, match="missing rows"):
-        erase_table(["church"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase")
+        erase_table(["church"], ["doco", "ca"], tmp_path / "eval", tmp_path / "erase")
     with pytest.raises(FileNotFoundError, match="dvc repro evaluate"):
         erase_table(["fish"], ["doco"], tmp_path / "eval", tmp_path / "erase")
+    save_json([{k: v for k, v in r.items() if k != "in_set_n"} for r in rows], tmp_path / "old" / "church.json")
+    with pytest.raises(ValueError, match="image counts"):
+        erase_table(["church"], ["doco"], tmp_path / "old", tmp_path / "erase")
+
+
+def test_prompt_rates(world):
+    dagger, hammer = world.index("dagger"), world.index("hammer")
+    drawn = ev.Drawn(["b", "b", "a", "a"], np.zeros((4, 2, 2, 3), np.uint8),
+                     np.array([dagger, hammer, hammer, hammer]), np.zeros(4, np.int64))
+    assert ev.prompt_rates(world, "weapon", drawn) == {"b": 0.5, "a": 0.0}
 
 
 def test_misses_names_what_was_drawn_instead(world):
