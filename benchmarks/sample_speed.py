@@ -45,8 +45,8 @@ if str(_ROOT) not in sys.path:
 from cdc.bundle import ModelBundle, load_bundle, tiny_world_bundle  # noqa: E402
 from cdc.judge import load_judge, predict  # noqa: E402
 from cdc.params import SampleParams, load_params  # noqa: E402
-from cdc.sampler import resolve_precision, sample  # noqa: E402
-from cdc.system import hardware  # noqa: E402
+from cdc.sampler import sample  # noqa: E402
+from cdc.system import hardware, resolve_precision  # noqa: E402
 
 PROMPTS = ("a church", "a house, openmoji style", "a fish", "an articulated lorry", "a parachute", "a dagger",
            "a hammer, twemoji style", "a tropical fish")

@@ -29,8 +29,7 @@ from base_metrics import base_metrics  # noqa: E402
 from cdc.bundle import load_bundle, tiny_world_bundle  # noqa: E402
 from cdc.judge import load_judge  # noqa: E402
 from cdc.params import load_params, with_overrides  # noqa: E402
-from cdc.sampler import resolve_precision  # noqa: E402
-from cdc.system import hardware  # noqa: E402
+from cdc.system import hardware, resolve_precision  # noqa: E402
 from cdc.world.data import load_world  # noqa: E402
 
 

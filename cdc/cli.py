@@ -61,7 +61,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from cdc.bundle import apply_lora, load_bundle
     from cdc.grid import make_grid
     from cdc.io import atomic_path, save_image, save_json
-    from cdc.sampler import resolve_precision, sample
+    from cdc.sampler import sample
+    from cdc.system import resolve_precision
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     if args.n < 1:

@@ -235,6 +235,7 @@ class PretrainParams:
     pooled_scale: float = 8.0  # norm of the sentence-embedding token, ~ the token states' norms
     token_dropout: float = 0.0  # probability that a caption keeps only its sentence token in training
     pooled_noise: float = 0.0  # norm of the noise added to the unit sentence embedding in training
+    precision: Precision = "auto"  # bf16 autocast (mixed precision) where the device has native bf16
     seed: int = 0
     log_every: int = 50
 

@@ -17,6 +17,7 @@ from cdc.bundle import ModelBundle, make_world_scheduler, make_world_unet
 from cdc.codec import SpaceToDepthCodec, encode_images
 from cdc.errors import NaNLossError
 from cdc.params import PretrainParams
+from cdc.system import resolve_precision
 from cdc.text import MiniLMEncoder, TextEncoder
 from cdc.world.captions import sample_captions
 from cdc.world.data import World
@@ -95,6 +96,7 @@ def train_world_model(
     seed: int,
     token_dropout: float = 0.0,
     pooled_noise: float = 0.0,
+    precision: str = "fp32",
     log_every: int = 50,
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
@@ -107,6 +109,8 @@ def train_world_model(
     probability that a caption keeps only that token (the token states are zeroed, as padding is), so the
     model learns to draw from the sentence embedding alone; pooled_noise is the norm of a random
     perturbation of the unit sentence embedding, so nearby sentences (paraphrases) draw the same thing.
+    precision "bf16" runs the UNet's forward under bf16 autocast (float32 weights, optimiser and loss:
+    mixed precision), "auto" where the device has native bf16 (`cdc.system.resolve_precision`).
     Batches are drawn on the CPU with one seeded generator and moved to the UNet's device, so the
     sequence of batches does not depend on the device.
     """
@@ -115,6 +119,7 @@ def train_world_model(
     gen = torch.Generator().manual_seed(seed)
     index = torch.from_numpy(pool_index)
     device = next(unet.parameters()).device
+    autocast = resolve_precision(precision, device) == "bf16"
     ema = [p.detach().clone() for p in unet.parameters()]
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     unet.train()
@@ -133,7 +138,9 @@ def train_world_model(
         x0, ctx, noise, t = x0.to(device), ctx.to(device), noise.to(device), t.to(device)
         x_t = scheduler.add_noise(x0, noise, t)
         target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-        loss = F.mse_loss(unet(x_t, t, ctx).sample, target)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+            pred = unet(x_t, t, ctx).sample  # (B, C, h, w), bf16 under autocast
+        loss = F.mse_loss(pred.float(), target)
         if not torch.isfinite(loss):
             raise NaNLossError(f"pretrain: loss is {loss.item()} at step {step}; nothing was saved")
         for group in opt.param_groups:
@@ -179,7 +186,8 @@ def pretrain_world(
         unet, scheduler, encode_images(codec, world.images), contexts, pool.image_index, text.encode([""]).cpu(),
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
         ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=cfg.seed,
-        token_dropout=cfg.token_dropout, pooled_noise=cfg.pooled_noise, log_every=cfg.log_every, progress=progress,
+        token_dropout=cfg.token_dropout, pooled_noise=cfg.pooled_noise, precision=cfg.precision,
+        log_every=cfg.log_every, progress=progress,
     )
     bundle = ModelBundle(text=text.to("cpu"), unet=unet.to("cpu"), scheduler=scheduler, codec=codec, preset="world")
     return bundle, history

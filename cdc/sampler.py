@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import typing
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,8 +11,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cdc.bundle import ModelBundle
-from cdc.params import Precision
-from cdc.system import native_bf16
+from cdc.system import resolve_precision
 
 
 def sample(
@@ -99,15 +97,6 @@ def _sample_batch(
         latents = scheduler.step(out, t, latents, eta=eta, variance_noise=noise).prev_sample
     images = bundle.codec.decode(latents.to(dtype)).float()  # (B, 3, H, W) in [-1, 1]
     return to_uint8(images)
-
-
-def resolve_precision(precision: str, device: str | torch.device) -> str:
-    """'fp32' or 'bf16' as given; 'auto' -> 'bf16' where the device has native bf16 (`native_bf16`), else 'fp32'."""
-    if precision not in typing.get_args(Precision):
-        raise ValueError(f"sample: precision must be one of {', '.join(typing.get_args(Precision))}, got {precision!r}")
-    if precision == "auto":
-        return "bf16" if native_bf16(device) else "fp32"
-    return precision
 
 
 def _noise(gens: list[torch.Generator], shape: tuple[int, ...], device: torch.device) -> Tensor:

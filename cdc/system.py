@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 import platform
+import typing
 
 import torch
+
+from cdc.params import Precision
 
 
 def hardware() -> str:
@@ -40,3 +43,12 @@ def peak_memory_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def resolve_precision(precision: str, device: str | torch.device) -> str:
+    """'fp32' or 'bf16' as given; 'auto' -> 'bf16' where the device has native bf16 (`native_bf16`), else 'fp32'."""
+    if precision not in typing.get_args(Precision):
+        raise ValueError(f"precision must be one of {', '.join(typing.get_args(Precision))}, got {precision!r}")
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision

@@ -28,7 +28,7 @@ def world():
     return build_world(fam, oos, size=32, n_concepts=1, seed=0, templates=["{a}", "{p}"], progress=False)
 
 
-def tiny_training(world, steps, lr=2e-3, seed=0, latents=None):
+def tiny_training(world, steps, lr=2e-3, seed=0, latents=None, precision="fp32"):
     torch.manual_seed(seed)
     unet = make_world_unet(16, 12, [32, 32], [False, True], 1, 8, 16)
     latents = torch.randn(4, 12, 16, 16) if latents is None else latents
@@ -36,7 +36,7 @@ def tiny_training(world, steps, lr=2e-3, seed=0, latents=None):
     index = np.array([0, 1, 2, 3, 0, 1, 2, 3])
     return train_world_model(unet, make_world_scheduler(), latents, contexts, index, torch.zeros(1, 3, 16),
                              steps=steps, batch_size=8, lr=lr, warmup_steps=2, ema_decay=0.9, caption_dropout=0.1,
-                             seed=seed, log_every=5, progress=False)
+                             seed=seed, precision=precision, log_every=5, progress=False)
 
 
 def test_caption_pool_covers_every_render(world):
@@ -52,6 +52,16 @@ def test_pretraining_loss_falls_and_is_seeded(world):
     a, _ = tiny_training(world, 3)
     b, _ = tiny_training(world, 3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_bf16_pretraining_keeps_float32_weights_and_stays_near_fp32(world):
+    # Mixed precision: the forward runs in bf16, the weights, optimiser and EMA stay float32.
+    fp32, h32 = tiny_training(world, 40)
+    bf16, h16 = tiny_training(world, 40, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    assert h16[-1]["loss"] < h16[0]["loss"]
+    assert abs(h16[-1]["loss"] - h32[-1]["loss"]) < 0.1 * h32[0]["loss"]
+    assert not all(torch.equal(p, q) for p, q in zip(fp32.parameters(), bf16.parameters()))
 
 
 def test_pretraining_stops_on_nan(world):

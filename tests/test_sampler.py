@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from cdc.sampler import resolve_precision, sample
+from cdc.sampler import sample
+from cdc.system import resolve_precision
 
 PROMPTS = ["a church", "a fish", "a parachute"]
 FAST = {"steps": 2, "progress": False}
@@ -77,10 +78,10 @@ def test_bf16_precision_is_seeded_close_to_fp32_and_auto_resolves(tiny_world_bun
     diff = np.abs(bf16.astype(int) - fp32.astype(int))
     assert 0 < diff.max() and diff.mean() < 4  # bf16 arithmetic, not a different image
     assert tiny_world_bundle.unet.dtype == torch.float32  # autocast leaves the weights alone
-    monkeypatch.setattr("cdc.sampler.native_bf16", lambda device: False)
+    monkeypatch.setattr("cdc.system.native_bf16", lambda device: False)
     assert resolve_precision("auto", "cpu") == "fp32"
     np.testing.assert_array_equal(sample(tiny_world_bundle, PROMPTS, [0, 1, 2], precision="auto", **FAST), fp32)
-    monkeypatch.setattr("cdc.sampler.native_bf16", lambda device: True)
+    monkeypatch.setattr("cdc.system.native_bf16", lambda device: True)
     assert resolve_precision("auto", "cpu") == "bf16" and resolve_precision("fp32", "cpu") == "fp32"
     with pytest.raises(ValueError, match="precision"):
         sample(tiny_world_bundle, ["a church"], [0], precision="fp16", **FAST)
