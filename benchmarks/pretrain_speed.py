@@ -1,0 +1,116 @@
+"""Pretraining step cost of the world model: float32 next to bf16 mixed precision, side by side.
+
+    python benchmarks/pretrain_speed.py --steps 30 --repeats 2 [--json out.json]
+
+Pretraining is the one stage whose time issue 3 bounds (60 min on a 2-core CPU). Both arms run the
+`pretrain` stage's own loop (`cdc.pretrain.train_world_model`) on the architecture and batch size of
+params.yaml's `pretrain` section, with random weights, random renders (N(0, 1) in UNet space) and
+random float16 contexts of MiniLM's shape: a step's cost does not depend on what the tensors hold.
+
+  fp32  precision "fp32": float32 throughout
+  bf16  precision "bf16": the UNet's forward under bf16 autocast, float32 weights, optimiser and EMA
+        (what `pretrain.precision: auto` picks where the CPU has AVX512-BF16 or AMX)
+
+Each run times its steps from the loop's own clock (`log_every=1`) after `--burn-in` untimed steps.
+The arms are interleaved (A B, B A, ...) over `--repeats` rounds so slow drift of the machine hits
+both alike. It prints the median seconds per step, the ratio bf16 / fp32, and what params.yaml's step
+count would take at each median. `--tiny` uses a tiny UNet: good for testing the script only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+from cdc.bundle import make_world_scheduler, make_world_unet  # noqa: E402
+from cdc.codec import SpaceToDepthCodec  # noqa: E402
+from cdc.params import PretrainParams, load_params  # noqa: E402
+from cdc.pretrain import train_world_model  # noqa: E402
+from cdc.system import hardware, native_bf16  # noqa: E402
+
+MINILM_DIM = 384  # all-MiniLM-L6-v2 hidden size: the width of the world model's context
+ARMS = ("fp32", "bf16")
+
+
+def time_steps(arch: dict, cfg: PretrainParams, precision: str, steps: int, burn_in: int, renders: int,
+               seed: int) -> list[float]:
+    """Seconds of each timed step of one fresh `train_world_model` run."""
+    torch.manual_seed(seed)
+    unet = make_world_unet(**arch)
+    c, h = arch["in_channels"], arch["sample_size"]
+    latents = torch.randn(renders, c, h, h)  # (N, C, h, w)
+    contexts = torch.randn(4 * renders, cfg.max_length + 1, arch["cross_attention_dim"]).half()  # (P, L+1, D)
+    index = np.arange(4 * renders) % renders
+    null = torch.zeros(1, cfg.max_length + 1, arch["cross_attention_dim"])
+    _, history = train_world_model(
+        unet, make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps), latents,
+        contexts, index, null, steps=burn_in + steps, batch_size=cfg.batch_size, lr=cfg.lr,
+        warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=seed,
+        pooled_noise=cfg.pooled_noise, precision=precision, log_every=1, progress=False)
+    clock = [0.0] + [row["seconds"] for row in history]
+    return [b - a for a, b in zip(clock, clock[1:])][burn_in:]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--params", default=str(_ROOT / "params.yaml"))
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    parser.add_argument("--burn-in", type=int, default=3, help="untimed steps at the start of every run")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--tiny", action="store_true")
+    parser.add_argument("--json")
+    args = parser.parse_args(argv)
+    if args.steps < 1 or args.repeats < 1 or args.burn_in < 0:
+        parser.error("--steps and --repeats must be >= 1, --burn-in >= 0")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    params = load_params(args.params)
+    cfg = params.pretrain
+    codec = SpaceToDepthCodec(factor=2)
+    arch = dict(sample_size=params.world.size // codec.downsample, in_channels=3 * codec.downsample**2,
+                block_channels=cfg.block_channels, cross_attention=cfg.cross_attention,
+                layers_per_block=cfg.layers_per_block, attention_head_dim=cfg.attention_head_dim,
+                cross_attention_dim=MINILM_DIM)
+    if args.tiny:
+        cfg = dataclasses.replace(cfg, batch_size=4)
+        arch.update(block_channels=[32, 32], cross_attention=[False, True], cross_attention_dim=16)
+    print(f"hardware: {hardware()}; native bf16: {native_bf16('cpu')}; "
+          f"{'TINY' if args.tiny else 'params.yaml'} UNet, batch {cfg.batch_size}", flush=True)
+
+    seconds: dict[str, list[float]] = {k: [] for k in ARMS}
+    for r in range(args.repeats):
+        for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
+            seconds[arm] += time_steps(arch, cfg, arm, args.steps, args.burn_in, renders=64, seed=r)
+    rows = {}
+    for arm in ARMS:
+        med = statistics.median(seconds[arm])
+        rows[arm] = {"median_s": med, "min_s": min(seconds[arm]), "max_s": max(seconds[arm]),
+                     "projected_min": med * cfg.steps / 60, "seconds": seconds[arm]}
+        print(f"{arm}: {med:.3f} s/step (min {min(seconds[arm]):.3f}, max {max(seconds[arm]):.3f}); "
+              f"{cfg.steps} steps -> {med * cfg.steps / 60:.1f} min", flush=True)
+    ratio = rows["bf16"]["median_s"] / rows["fp32"]["median_s"]
+    print(f"ratio bf16 / fp32 = {ratio:.3f}", flush=True)
+    result = {"hardware": hardware(), "python": platform.python_version(), "torch": torch.__version__,
+              "native_bf16": native_bf16("cpu"), "tiny": args.tiny, "batch_size": cfg.batch_size,
+              "params_steps": cfg.steps, "ratio_bf16_fp32": ratio, "arms": rows}
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
