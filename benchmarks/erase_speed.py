@@ -48,7 +48,13 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler, make_world_unet, tiny_world_bundle  # noqa: E402
+from cdc.bundle import (  # noqa: E402
+    ModelBundle,
+    load_bundle,
+    make_world_scheduler,
+    tiny_world_bundle,
+    world_unet_from_params,
+)
 from cdc.methods.doco import DocoConfig, train_doco  # noqa: E402
 from cdc.methods.lora import GROUPS, add_lora, lora_parameters, remove_lora  # noqa: E402
 from cdc.methods.surgery import MODES  # noqa: E402
@@ -119,15 +125,7 @@ def random_world_bundle(params_path: Path, device: torch.device) -> ModelBundle:
     text = MiniLMEncoder(max_length=cfg.max_length, pooled_scale=cfg.pooled_scale)
     text.to(device)
     codec = SpaceToDepthCodec(factor=2)
-    unet = make_world_unet(
-        params.world.size // codec.downsample,
-        codec.channels,
-        cfg.block_channels,
-        cfg.cross_attention,
-        cfg.layers_per_block,
-        cfg.attention_head_dim,
-        text.dim,
-    )
+    unet = world_unet_from_params(cfg, params.world.size, text.dim, codec)
     scheduler = make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
     return ModelBundle(text=text, unet=unet.to(device).eval(), scheduler=scheduler, codec=codec, preset="world")
 

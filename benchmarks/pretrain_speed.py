@@ -34,7 +34,7 @@ _ROOT = Path(__file__).resolve().parents[1]
 if str(_ROOT) not in sys.path:
     sys.path.insert(0, str(_ROOT))
 
-from cdc.bundle import make_world_scheduler, make_world_unet  # noqa: E402
+from cdc.bundle import make_world_scheduler, world_unet_from_params  # noqa: E402
 from cdc.codec import SpaceToDepthCodec  # noqa: E402
 from cdc.params import PretrainParams, load_params  # noqa: E402
 from cdc.pretrain import train_world_model  # noqa: E402
@@ -44,16 +44,17 @@ MINILM_DIM = 384  # all-MiniLM-L6-v2 hidden size: the width of the world model's
 ARMS = ("fp32", "bf16")
 
 
-def time_steps(arch: dict, cfg: PretrainParams, precision: str, steps: int, burn_in: int, renders: int,
-               seed: int) -> list[float]:
+def time_steps(cfg: PretrainParams, image_size: int, dim: int, precision: str, steps: int, burn_in: int,
+               renders: int, seed: int) -> list[float]:
     """Seconds of each timed step of one fresh `train_world_model` run."""
     torch.manual_seed(seed)
-    unet = make_world_unet(**arch)
-    c, h = arch["in_channels"], arch["sample_size"]
-    latents = torch.randn(renders, c, h, h)  # (N, C, h, w)
-    contexts = torch.randn(4 * renders, cfg.max_length + 1, arch["cross_attention_dim"]).half()  # (P, L+1, D)
+    codec = SpaceToDepthCodec(factor=2)
+    unet = world_unet_from_params(cfg, image_size, dim, codec)
+    h = image_size // codec.downsample
+    latents = torch.randn(renders, codec.channels, h, h)  # (N, C, h, w)
+    contexts = torch.randn(4 * renders, cfg.max_length + 1, dim).half()  # (P, L+1, D)
     index = np.arange(4 * renders) % renders
-    null = torch.zeros(1, cfg.max_length + 1, arch["cross_attention_dim"])
+    null = torch.zeros(1, cfg.max_length + 1, dim)
     _, history = train_world_model(
         unet, make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps), latents,
         contexts, index, null, steps=burn_in + steps, batch_size=cfg.batch_size, lr=cfg.lr,
@@ -79,21 +80,18 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
     cfg = params.pretrain
-    codec = SpaceToDepthCodec(factor=2)
-    arch = dict(sample_size=params.world.size // codec.downsample, in_channels=3 * codec.downsample**2,
-                block_channels=cfg.block_channels, cross_attention=cfg.cross_attention,
-                layers_per_block=cfg.layers_per_block, attention_head_dim=cfg.attention_head_dim,
-                cross_attention_dim=MINILM_DIM)
+    dim = MINILM_DIM
     if args.tiny:
-        cfg = dataclasses.replace(cfg, batch_size=4)
-        arch.update(block_channels=[32, 32], cross_attention=[False, True], cross_attention_dim=16)
+        cfg = dataclasses.replace(cfg, batch_size=4, block_channels=[32, 32], cross_attention=[False, True])
+        dim = 16
     print(f"hardware: {hardware()}; native bf16: {native_bf16('cpu')}; "
           f"{'TINY' if args.tiny else 'params.yaml'} UNet, batch {cfg.batch_size}", flush=True)
 
     seconds: dict[str, list[float]] = {k: [] for k in ARMS}
     for r in range(args.repeats):
         for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
-            seconds[arm] += time_steps(arch, cfg, arm, args.steps, args.burn_in, renders=64, seed=r)
+            seconds[arm] += time_steps(cfg, params.world.size, dim, arm, args.steps, args.burn_in, renders=64,
+                                       seed=r)
     rows = {}
     for arm in ARMS:
         med = statistics.median(seconds[arm])

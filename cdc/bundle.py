@@ -12,6 +12,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from cdc.codec import Codec, SpaceToDepthCodec, VaeCodec, codec_from_config
+from cdc.params import PretrainParams
 from cdc.text import ClipEncoder, MiniLMEncoder, TextEncoder
 
 PRESETS = ("world", "sd")
@@ -86,6 +87,13 @@ def make_world_unet(
         cross_attention_dim=cross_attention_dim,
         norm_num_groups=norm_num_groups,
     )
+
+
+def world_unet_from_params(cfg: PretrainParams, image_size: int, context_dim: int,
+                           codec: SpaceToDepthCodec) -> UNet2DConditionModel:
+    """A randomly initialised world UNet with the `pretrain` section's architecture, for image_size renders."""
+    return make_world_unet(image_size // codec.downsample, codec.channels, cfg.block_channels, cfg.cross_attention,
+                           cfg.layers_per_block, cfg.attention_head_dim, context_dim)
 
 
 def make_world_scheduler(
