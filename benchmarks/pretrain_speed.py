@@ -1,4 +1,4 @@
-"""Pretraining step cost of the world model: float32 next to bf16 mixed precision, side by side.
+"""Pretraining step cost of the world model: float32, bf16 mixed precision, and the attention kernel, side by side.
 
     python benchmarks/pretrain_speed.py --steps 30 --repeats 2 [--json out.json]
 
@@ -7,14 +7,17 @@ Pretraining is the one stage whose time issue 3 bounds (60 min on a 2-core CPU).
 params.yaml's `pretrain` section, with random weights, random renders (N(0, 1) in UNet space) and
 random float16 contexts of MiniLM's shape: a step's cost does not depend on what the tensors hold.
 
-  fp32  precision "fp32": float32 throughout
-  bf16  precision "bf16": the UNet's forward under bf16 autocast, float32 weights, optimiser and EMA
-        (what `pretrain.precision: auto` picks where the CPU has AVX512-BF16 or AMX)
+  fp32          precision "fp32", fused attention (PyTorch SDPA): float32 throughout
+  bf16          precision "bf16", fused attention: the UNet's forward under bf16 autocast, float32
+                weights, optimiser and EMA (what `pretrain.precision: auto` picks where the CPU has
+                AVX512-BF16 or AMX)
+  bf16 unfused  as bf16, with the unfused attention kernel (what `pretrain.attention: auto` picks on the
+                CPU, `cdc.attention`)
 
 Each run times its steps from the loop's own clock (`log_every=1`) after `--burn-in` untimed steps.
-The arms are interleaved (A B, B A, ...) over `--repeats` rounds so slow drift of the machine hits
-both alike. It prints the median seconds per step, the ratio bf16 / fp32, and what params.yaml's step
-count would take at each median. `--tiny` uses a tiny UNet: good for testing the script only.
+The arms are interleaved (the order rotates every round) over `--repeats` rounds so slow drift of the
+machine hits all alike. It prints the median seconds per step, each arm's ratio to fp32, and what
+params.yaml's step count would take at each median. `--tiny` uses a tiny UNet: good for testing the script only.
 """
 
 from __future__ import annotations
@@ -41,11 +44,11 @@ from cdc.pretrain import train_world_model  # noqa: E402
 from cdc.system import hardware, native_bf16  # noqa: E402
 
 MINILM_DIM = 384  # all-MiniLM-L6-v2 hidden size: the width of the world model's context
-ARMS = ("fp32", "bf16")
+ARMS = {"fp32": ("fp32", "sdpa"), "bf16": ("bf16", "sdpa"), "bf16 unfused": ("bf16", "unfused")}  # precision, attention
 
 
-def time_steps(cfg: PretrainParams, image_size: int, dim: int, precision: str, steps: int, burn_in: int,
-               renders: int, seed: int) -> list[float]:
+def time_steps(cfg: PretrainParams, image_size: int, dim: int, precision: str, attention: str, steps: int,
+               burn_in: int, renders: int, seed: int) -> list[float]:
     """Seconds of each timed step of one fresh `train_world_model` run."""
     torch.manual_seed(seed)
     codec = SpaceToDepthCodec(factor=2)
@@ -59,7 +62,7 @@ def time_steps(cfg: PretrainParams, image_size: int, dim: int, precision: str, s
         unet, make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps), latents,
         contexts, index, null, steps=burn_in + steps, batch_size=cfg.batch_size, lr=cfg.lr,
         warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=seed,
-        pooled_noise=cfg.pooled_noise, precision=precision, log_every=1, progress=False)
+        pooled_noise=cfg.pooled_noise, precision=precision, attention=attention, log_every=1, progress=False)
     clock = [0.0] + [row["seconds"] for row in history]
     return [b - a for a, b in zip(clock, clock[1:])][burn_in:]
 
@@ -87,23 +90,26 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"hardware: {hardware()}; native bf16: {native_bf16('cpu')}; "
           f"{'TINY' if args.tiny else 'params.yaml'} UNet, batch {cfg.batch_size}", flush=True)
 
+    names = list(ARMS)
     seconds: dict[str, list[float]] = {k: [] for k in ARMS}
     for r in range(args.repeats):
-        for arm in ARMS if r % 2 == 0 else ARMS[::-1]:
-            seconds[arm] += time_steps(cfg, params.world.size, dim, arm, args.steps, args.burn_in, renders=64,
-                                       seed=r)
+        for arm in names[r % len(names):] + names[: r % len(names)]:
+            seconds[arm] += time_steps(cfg, params.world.size, dim, *ARMS[arm], args.steps, args.burn_in,
+                                       renders=64, seed=r)
     rows = {}
     for arm in ARMS:
         med = statistics.median(seconds[arm])
-        rows[arm] = {"median_s": med, "min_s": min(seconds[arm]), "max_s": max(seconds[arm]),
+        rows[arm] = {"precision": ARMS[arm][0], "attention": ARMS[arm][1], "median_s": med,
+                     "min_s": min(seconds[arm]), "max_s": max(seconds[arm]),
                      "projected_min": med * cfg.steps / 60, "seconds": seconds[arm]}
         print(f"{arm}: {med:.3f} s/step (min {min(seconds[arm]):.3f}, max {max(seconds[arm]):.3f}); "
               f"{cfg.steps} steps -> {med * cfg.steps / 60:.1f} min", flush=True)
-    ratio = rows["bf16"]["median_s"] / rows["fp32"]["median_s"]
-    print(f"ratio bf16 / fp32 = {ratio:.3f}", flush=True)
+    ratios = {arm: rows[arm]["median_s"] / rows["fp32"]["median_s"] for arm in names[1:]}
+    for arm, ratio in ratios.items():
+        print(f"ratio {arm} / fp32 = {ratio:.3f}", flush=True)
     result = {"hardware": hardware(), "python": platform.python_version(), "torch": torch.__version__,
               "native_bf16": native_bf16("cpu"), "tiny": args.tiny, "batch_size": cfg.batch_size,
-              "params_steps": cfg.steps, "ratio_bf16_fp32": ratio, "arms": rows}
+              "params_steps": cfg.steps, "ratios_to_fp32": ratios, "arms": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

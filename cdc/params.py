@@ -25,6 +25,8 @@ from cdc.methods import CaConfig, DocoConfig, EsdConfig
 
 # How the sampler runs the UNet: auto = bf16 autocast where the hardware has native bf16, else fp32.
 Precision = Literal["auto", "fp32", "bf16"]
+# Attention kernel in training: auto = unfused on the CPU (fused bf16 backward is slow there), else fused SDPA.
+Attention = Literal["auto", "sdpa", "unfused"]
 
 T = TypeVar("T")
 
@@ -236,6 +238,7 @@ class PretrainParams:
     token_dropout: float = 0.0  # probability that a caption keeps only its sentence token in training
     pooled_noise: float = 0.0  # norm of the noise added to the unit sentence embedding in training
     precision: Precision = "auto"  # bf16 autocast (mixed precision) where the device has native bf16
+    attention: Attention = "auto"  # unfused on the CPU, fused SDPA on GPU (cdc.attention)
     seed: int = 0
     log_every: int = 50
 

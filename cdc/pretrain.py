@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from diffusers import DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
-from cdc.bundle import ModelBundle, make_world_scheduler, make_world_unet
+from cdc.attention import attention_kernel, resolve_attention
+from cdc.bundle import ModelBundle, make_world_scheduler, world_unet_from_params
 from cdc.codec import SpaceToDepthCodec, encode_images
 from cdc.errors import NaNLossError
 from cdc.params import PretrainParams
@@ -97,6 +98,7 @@ def train_world_model(
     token_dropout: float = 0.0,
     pooled_noise: float = 0.0,
     precision: str = "fp32",
+    attention: str = "auto",
     log_every: int = 50,
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
@@ -111,6 +113,8 @@ def train_world_model(
     perturbation of the unit sentence embedding, so nearby sentences (paraphrases) draw the same thing.
     precision "bf16" runs the UNet's forward under bf16 autocast (float32 weights, optimiser and loss:
     mixed precision), "auto" where the device has native bf16 (`cdc.system.resolve_precision`).
+    attention picks the attention kernel while training ("auto": unfused on the CPU, `cdc.attention`);
+    the returned UNet has its own processors back.
     Batches are drawn on the CPU with one seeded generator and moved to the UNet's device, so the
     sequence of batches does not depend on the device.
     """
@@ -120,48 +124,50 @@ def train_world_model(
     index = torch.from_numpy(pool_index)
     device = next(unet.parameters()).device
     autocast = resolve_precision(precision, device) == "bf16"
+    v_prediction = scheduler.config.prediction_type == "v_prediction"
     ema = [p.detach().clone() for p in unet.parameters()]
     opt = torch.optim.AdamW(unet.parameters(), lr=lr, weight_decay=0.01)
     unet.train()
     history: list[dict] = []
     running, t0 = 0.0, time.perf_counter()
-    bar = tqdm(range(steps), desc="pretrain", disable=not progress)
-    for step in bar:
-        pick = torch.randint(len(contexts), (batch_size,), generator=gen)
-        x0 = latents[index[pick]]  # (B, C, h, w)
-        ctx = contexts[pick].float()  # (B, L, D)
-        drop = torch.rand(batch_size, generator=gen) < caption_dropout
-        ctx = augment_context(ctx, token_dropout, pooled_noise, gen)
-        ctx[drop] = null_context.float()
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
-        x0, ctx, noise, t = x0.to(device), ctx.to(device), noise.to(device), t.to(device)
-        x_t = scheduler.add_noise(x0, noise, t)
-        target = scheduler.get_velocity(x0, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-            pred = unet(x_t, t, ctx).sample  # (B, C, h, w), bf16 under autocast
-        loss = F.mse_loss(pred.float(), target)
-        if not torch.isfinite(loss):
-            raise NaNLossError(f"pretrain: loss is {loss.item()} at step {step}; nothing was saved")
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, warmup_steps, lr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-        opt.step()
-        # EMA with a warm start: early averages follow the weights closely instead of the random init.
-        decay = min(ema_decay, (1 + step) / (10 + step))
-        torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
-        running += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            n = (step % log_every) + 1
-            row = {"step": step + 1, "loss": running / n, "lr": opt.param_groups[0]["lr"],
-                   "seconds": time.perf_counter() - t0}
-            history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}")
-            if on_log is not None:
-                on_log(row)
-            running = 0.0
+    with attention_kernel(unet, resolve_attention(attention, device)):
+        bar = tqdm(range(steps), desc="pretrain", disable=not progress)
+        for step in bar:
+            pick = torch.randint(len(contexts), (batch_size,), generator=gen)
+            x0 = latents[index[pick]]  # (B, C, h, w)
+            ctx = contexts[pick].float()  # (B, L, D)
+            drop = torch.rand(batch_size, generator=gen) < caption_dropout
+            ctx = augment_context(ctx, token_dropout, pooled_noise, gen)
+            ctx[drop] = null_context.float()
+            noise = torch.randn(x0.shape, generator=gen)
+            t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
+            x0, ctx, noise, t = x0.to(device), ctx.to(device), noise.to(device), t.to(device)
+            x_t = scheduler.add_noise(x0, noise, t)
+            target = scheduler.get_velocity(x0, noise, t) if v_prediction else noise
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                pred = unet(x_t, t, ctx).sample  # (B, C, h, w), bf16 under autocast
+            loss = F.mse_loss(pred.float(), target)
+            if not torch.isfinite(loss):
+                raise NaNLossError(f"pretrain: loss is {loss.item()} at step {step}; nothing was saved")
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps, warmup_steps, lr)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+            opt.step()
+            # EMA with a warm start: early averages follow the weights closely instead of the random init.
+            decay = min(ema_decay, (1 + step) / (10 + step))
+            torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
+            running += loss.item()
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                n = (step % log_every) + 1
+                row = {"step": step + 1, "loss": running / n, "lr": opt.param_groups[0]["lr"],
+                       "seconds": time.perf_counter() - t0}
+                history.append(row)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                if on_log is not None:
+                    on_log(row)
+                running = 0.0
     with torch.no_grad():
         for p, e in zip(unet.parameters(), ema):
             p.copy_(e)
@@ -175,9 +181,7 @@ def pretrain_world(
     torch.manual_seed(cfg.seed)  # UNet initialisation
     text = MiniLMEncoder(max_length=cfg.max_length, pooled_scale=cfg.pooled_scale).to(device)
     codec = SpaceToDepthCodec(factor=2)
-    size = world.images.shape[1] // codec.downsample
-    unet = make_world_unet(size, 3 * codec.downsample**2, cfg.block_channels, cfg.cross_attention,
-                           cfg.layers_per_block, cfg.attention_head_dim, text.dim).to(device)
+    unet = world_unet_from_params(cfg, world.images.shape[1], text.dim, codec).to(device)
     scheduler = make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
     pool = caption_pool(world, cfg.captions_per_image, cfg.seed)
     # Contexts stay on the CPU (P, L, D) in float16; each batch moves to the device.
@@ -187,7 +191,7 @@ def pretrain_world(
         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
         ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=cfg.seed,
         token_dropout=cfg.token_dropout, pooled_noise=cfg.pooled_noise, precision=cfg.precision,
-        log_every=cfg.log_every, progress=progress,
+        attention=cfg.attention, log_every=cfg.log_every, progress=progress,
     )
     bundle = ModelBundle(text=text.to("cpu"), unet=unet.to("cpu"), scheduler=scheduler, codec=codec, preset="world")
     return bundle, history

@@ -171,17 +171,20 @@ def test_sweep_summary_adopts_an_arm_only_when_it_meets_more_concepts(tmp_path, 
         module.summarise([r for r in rows if r["method"] != "base"])
 
 
-def test_pretrain_speed_times_both_precisions_on_the_pretrain_loop(tmp_path, capsys):
+def test_pretrain_speed_times_precisions_and_attention_kernels_on_the_pretrain_loop(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("pretrain_speed", SCRIPT.parent / "pretrain_speed.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out_json = tmp_path / "out" / "speed.json"
     result = module.main(["--tiny", "--steps", "2", "--burn-in", "1", "--repeats", "2", "--threads", "1",
                           "--json", str(out_json)])
-    assert json.loads(out_json.read_text())["ratio_bf16_fp32"] == pytest.approx(result["ratio_bf16_fp32"])
-    for arm in ("fp32", "bf16"):
+    assert json.loads(out_json.read_text())["ratios_to_fp32"] == pytest.approx(result["ratios_to_fp32"])
+    assert set(result["ratios_to_fp32"]) == {"bf16", "bf16 unfused"}
+    for arm in ("fp32", "bf16", "bf16 unfused"):
         row = result["arms"][arm]
         assert len(row["seconds"]) == 4 and row["min_s"] <= row["median_s"] <= row["max_s"]
-    assert "ratio bf16 / fp32 =" in capsys.readouterr().out
+    assert result["arms"]["bf16 unfused"]["attention"] == "unfused"
+    out = capsys.readouterr().out
+    assert "ratio bf16 / fp32 =" in out and "ratio bf16 unfused / fp32 =" in out
     with pytest.raises(SystemExit):
         module.main(["--tiny", "--steps", "0"])
