@@ -1,31 +1,32 @@
 """Per-step cost of DoCo against a plain LoRA fine-tune step, on the same data and the same LoRA.
 
-    python benchmarks/erase_speed.py --model data/models/world --steps 20 --batch-size 8 \
-        [--preset world|sd] [--device cpu] [--json out.json] [--full-erase] [--tiny]
+    python benchmarks/erase_speed.py [--model data/models/world] [--preset world|sd] [--random-world] \
+        [--steps 20] [--batch-size B] [--device cpu] [--full-erase] [--params params.yaml] [--json out.json]
 
-Three variants run through the project's own code, with the same LoRA group and rank:
+Four variants run through the project's own code, with the same LoRA group and rank (params.yaml's
+`erase.doco` section, each overridable on the command line):
 
-  plain        `cdc.methods.train.plain_lora_step`: one LoRA denoising (MSE) step on B rows
+  plain        `plain_lora_step` below: one LoRA denoising (MSE) step on B rows
   doco-warmup  `train_doco` with every step a warm-up step (discriminator only)
   doco-full    `train_doco` with no warm-up: generator + discriminator + gradient surgery
   plain-2b     reference: the plain step on 2B rows, as many rows as a full DoCo step trains on
 
 Each timed run adds a fresh LoRA, runs `--burn-in` untimed steps and then `--steps` timed ones;
-runs are interleaved (ABC CBA ABC ...) over `--repeats` rounds so slow drift of the machine hits every
+runs are interleaved (ABCD DCBA ABCD ...) over `--repeats` rounds so slow drift of the machine hits every
 variant alike. DoCo's per-step times come from `train_doco`'s own history clock (setup such as
 adding the LoRA, building the discriminator and encoding prompts is excluded, as it is for plain).
-The reported ratio is median(doco-full step) / median(plain step); the issue's aim is <= 1.5x.
+The reported ratio is median(doco-full step) / median(plain step); the aim is <= 1.5x.
 
 Every step draws B rows (with replacement, as `train_doco` does) from ONE fixed set of B anchor
 latents and B target/anchor prompt pairs; noise and timesteps come from the same seeded generator
 in every run. The latents are random N(0, 1) tensors of the UNet's input shape: the cost of a step
-does not depend on their content. `--tiny` (or a missing `--model` folder) uses a tiny random world
-UNet, labelled as such in every output: good for testing the script, not for reporting.
-`--random-world` builds the world model's architecture from params.yaml with random weights: the
-step cost of the real model before (or without) pretraining.
+does not depend on their content. `--random-world` builds the world model's architecture from the
+params file (`pretrain`, `world.size`) with random weights instead of loading `--model`: the step cost
+of the real model before (or without) pretraining, and, with a small params file, a quick check
+that the script works.
 
-`--full-erase` also times one whole DoCo erase (setup included) with the `doco` settings of the
-`erase` section of params.yaml, when that section exists (otherwise it says so and skips).
+`--full-erase` also times one whole DoCo erase (setup included) with the params file's `erase.doco`
+settings as they are.
 """
 
 from __future__ import annotations
@@ -43,22 +44,18 @@ from typing import Any
 
 import torch
 
-# Run as a script from anywhere: make the repository's `cdc` importable.
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from cdc.bundle import (  # noqa: E402
-    ModelBundle,
-    load_bundle,
-    make_world_scheduler,
-    tiny_world_bundle,
-    world_unet_from_params,
-)
-from cdc.methods.doco import DocoConfig, train_doco  # noqa: E402
-from cdc.methods.lora import GROUPS, add_lora, lora_parameters, remove_lora  # noqa: E402
-from cdc.methods.surgery import MODES  # noqa: E402
-from cdc.methods.train import make_generator, make_optimizer, paired_data, plain_lora_step  # noqa: E402
+from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler
+from cdc.codec import SpaceToDepthCodec
+from cdc.io import save_json
+from cdc.methods.config import DocoConfig
+from cdc.methods.doco import train_doco
+from cdc.methods.lora import GROUPS, add_lora, lora_parameters, remove_lora
+from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
+from cdc.methods.surgery import MODES, clip_grads
+from cdc.methods.train import apply_step, grads_of, make_generator, make_optimizer, paired_data
+from cdc.params import Params, load_params
+from cdc.pretrain import world_unet_from_params
+from cdc.text import MiniLMEncoder
 
 VARIANTS = ("plain", "doco-warmup", "doco-full", "plain-2b")
 LABELS = {
@@ -67,8 +64,8 @@ LABELS = {
     "doco-warmup": "DoCo warm-up (D only)",
     "doco-full": "DoCo full (G+D+surgery)",
 }
-TARGET_RATIO = 1.5
-TARGET_ERASE_SECONDS = 180.0  # issue 4: one DoCo erase on the world in <= 3 minutes on 2 CPU cores
+TARGET_RATIO = 1.5  # the aim: a DoCo step costs at most 1.5 plain LoRA steps
+TARGET_ERASE_SECONDS = 180.0  # the aim: one DoCo erase on the world in <= 3 minutes on 2 CPU cores
 TEMPLATES = ("{}", "an emoji of {}", "{} icon", "a picture of {}")
 TARGET, ANCHOR = "a church", "a house"
 LATENT_NOTE = "anchor latents are random N(0,1) tensors of the UNet input shape (step cost does not depend on content)"
@@ -109,38 +106,26 @@ def _sync(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------- model
-
-
-
-def random_world_bundle(params_path: Path, device: torch.device) -> ModelBundle:
-    """The world model's architecture from params.yaml (`pretrain`, `world.size`) with RANDOM weights:
-    the step cost of the real model without waiting for pretraining (timing does not depend on weights)."""
-    from cdc.codec import SpaceToDepthCodec
-    from cdc.params import load_params
-    from cdc.text import MiniLMEncoder
-
-    params = load_params(params_path)
+def random_world_bundle(params: Params, device: torch.device) -> ModelBundle:
+    """The world model's architecture from the params file (`pretrain`, `world.size`) with RANDOM weights,
+    built as the `pretrain` stage builds it: the step cost of the real model without waiting for pretraining
+    (timing does not depend on the weights)."""
     cfg = params.pretrain
     torch.manual_seed(cfg.seed)
-    text = MiniLMEncoder(max_length=cfg.max_length, pooled_scale=cfg.pooled_scale)
-    text.to(device)
+    text = MiniLMEncoder(cfg.max_length, cfg.pooled_scale).to(device)
     codec = SpaceToDepthCodec(factor=2)
     unet = world_unet_from_params(cfg, params.world.size, text.dim, codec)
     scheduler = make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
     return ModelBundle(text=text, unet=unet.to(device).eval(), scheduler=scheduler, codec=codec, preset="world")
 
 
-def load_model(args: argparse.Namespace, log) -> tuple[ModelBundle, str, str]:
-    """(bundle, label, kind): kind "model" (the requested one), "random-world", or "tiny" (asked or model missing)."""
+def load_model(args: argparse.Namespace, params: Params) -> tuple[ModelBundle, str, str]:
+    """(bundle, label, kind): kind "model" (the --model folder) or "random-world"."""
     device = torch.device(args.device)
     if args.random_world:
         label = f"RANDOM-WEIGHT world UNet, architecture from {args.params} (--random-world; timing only)"
-        return random_world_bundle(args.params, device), label, "random-world"
-    if not args.tiny and args.model and Path(args.model).exists():
-        return load_bundle(args.preset, args.model, device=device), f"{args.preset} model {args.model}", "model"
-    if not args.tiny:
-        log(f"model folder {args.model!r} not found: falling back to the TINY RANDOM world UNet (--tiny)")
-    return tiny_world_bundle(device), "TINY RANDOM world UNet (--tiny; untrained, for testing the script only)", "tiny"
+        return random_world_bundle(params, device), label, "random-world"
+    return load_bundle(args.preset, args.model, device=device), f"{args.preset} model {args.model}", "model"
 
 
 def fixed_data(bundle: ModelBundle, batch_size: int, seed: int) -> tuple[torch.Tensor, list[str], list[str]]:
@@ -154,6 +139,26 @@ def fixed_data(bundle: ModelBundle, batch_size: int, seed: int) -> tuple[torch.T
 
 
 # ----------------------------------------------------------------------------------------- timing
+def plain_lora_step(
+    unet: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    x0: torch.Tensor,
+    context: torch.Tensor,
+    generator: torch.Generator,
+    max_grad_norm: float,
+) -> float:
+    """One plain LoRA denoising fine-tune step (MSE to the eps/v target) on (x0 (B, C, h, w), context
+    (B, L, D)), built from the same pieces as the methods: the baseline DoCo's overhead is measured against.
+    Returns the loss (a float, so the step has finished when it returns)."""
+    x_t, noise, t = noisy_latents(scheduler, x0, generator)
+    loss = mse(unet_pred(unet, x_t, t, context), target_for(scheduler, x0, noise, t))
+    grads, _ = clip_grads(grads_of(loss, params), max_grad_norm)
+    apply_step(optimizer, params, grads)
+    return float(loss.detach())
+
+
 def time_plain(bundle, latents, targets, cfg: DocoConfig, total: int, rows: int) -> list[float]:
     """Seconds of each of `total` plain LoRA steps on `rows` rows (batch draw included, as in train_doco's clock)."""
     unet = bundle.unet
@@ -168,7 +173,7 @@ def time_plain(bundle, latents, targets, cfg: DocoConfig, total: int, rows: int)
             start = time.perf_counter()
             x0, ctx = data.batch(rows, gen)
             plain_lora_step(unet, params, opt, bundle.scheduler, x0, ctx, gen, cfg.max_grad_norm)
-            times.append(time.perf_counter() - start)  # plain_lora_step syncs (float(loss))
+            times.append(time.perf_counter() - start)
         return times
     finally:
         remove_lora(unet)
@@ -176,12 +181,15 @@ def time_plain(bundle, latents, targets, cfg: DocoConfig, total: int, rows: int)
 
 def time_doco(bundle, latents, targets, anchors, cfg: DocoConfig, total: int, warmup_only: bool) -> list[float]:
     """Seconds of each of `total` train_doco steps, from its history clock (one row per step)."""
-    run = dataclasses.replace(cfg, steps=total, warmup_steps=total if warmup_only else 0, log_every=1)
+    # A full run needs one LoRA step (DocoConfig checks warmup_steps < steps): the warm-up-only variant
+    # runs one step more and drops it.
+    steps = total + 1 if warmup_only else total
+    run = dataclasses.replace(cfg, steps=steps, warmup_steps=total if warmup_only else 0, log_every=1)
     try:
         _, history = train_doco(bundle, targets, anchors, latents, run, progress=False)
     finally:
         remove_lora(bundle.unet)
-    clock = [row["seconds"] for row in history]
+    clock = [row["seconds"] for row in history][:total]
     return [b - a for a, b in zip([0.0, *clock[:-1]], clock)]
 
 
@@ -192,61 +200,46 @@ def run_variant(name: str, bundle, latents, targets, anchors, cfg: DocoConfig, t
     return time_doco(bundle, latents, targets, anchors, cfg, total, warmup_only=name == "doco-warmup")
 
 
-def erase_config(params_path: Path, base: DocoConfig) -> tuple[DocoConfig | None, str]:
-    """DocoConfig from params.yaml's `erase` section (`erase.doco`, `erase.methods.doco` or DoCo keys
-    directly under `erase`), or (None, why not)."""
-    from cdc.params import read_yaml
-
-    if not params_path.is_file():
-        return None, f"{params_path} not found: full erase skipped"
-    raw = read_yaml(params_path) or {}
-    section = raw.get("erase") if isinstance(raw, dict) else None
-    if not isinstance(section, dict):
-        return None, f"{params_path} has no `erase` section yet: full erase skipped"
-    known = {f.name for f in dataclasses.fields(DocoConfig)}
-    methods = section.get("methods") if isinstance(section.get("methods"), dict) else {}
-    doco = section.get("doco", methods.get("doco"))
-    if not isinstance(doco, dict):
-        doco = {k: v for k, v in section.items() if k in known}
-    if not doco:
-        return None, f"{params_path}: the `erase` section holds no DoCo settings: full erase skipped"
-    unknown = sorted(set(doco) - known)
-    if unknown:
-        return None, f"{params_path}: erase DoCo keys {unknown} are not DocoConfig fields: full erase skipped"
-    return dataclasses.replace(base, **doco), f"DoCo settings from {params_path} (erase section)"
-
-
 # ----------------------------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="its erase.doco section is the run")
     ap.add_argument("--model", default="data/models/world", help="model folder (world) or SD folder/hub id (sd)")
     ap.add_argument("--preset", choices=("world", "sd"), default="world")
-    ap.add_argument("--tiny", action="store_true", help="tiny random world UNet instead of --model (testing)")
     ap.add_argument(
         "--random-world",
         action="store_true",
-        help="the world model's architecture (params.yaml) with random weights instead of --model",
+        help="the world model's architecture (--params) with random weights instead of --model",
     )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run (default 20)")
     ap.add_argument("--burn-in", type=int, default=2, help="untimed steps at the start of every run (default 2)")
-    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the three variants (default 3)")
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lora-group", choices=GROUPS, default=DocoConfig.lora_group)
-    ap.add_argument("--lora-rank", type=int, default=DocoConfig.lora_rank)
-    ap.add_argument("--surgery", choices=MODES, default=DocoConfig.surgery)
+    ap.add_argument("--repeats", type=int, default=3, help="interleaved rounds of the variants (default 3)")
+    ap.add_argument("--batch-size", type=int, default=None, help="B (default: erase.doco.batch_size)")
+    ap.add_argument("--lora-group", choices=GROUPS, default=None, help="default: erase.doco.lora_group")
+    ap.add_argument("--lora-rank", type=int, default=None, help="default: erase.doco.lora_rank")
+    ap.add_argument("--surgery", choices=MODES, default=None, help="default: erase.doco.surgery")
+    ap.add_argument("--seed", type=int, default=None, help="default: erase.doco.seed")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
-    ap.add_argument("--full-erase", action="store_true", help="also time one whole DoCo erase (params.yaml erase)")
-    ap.add_argument("--params", type=Path, default=_ROOT / "params.yaml")
+    ap.add_argument("--full-erase", action="store_true", help="also time one whole DoCo erase (erase.doco as it is)")
     args = ap.parse_args(argv)
     for name in ("steps", "repeats", "batch_size", "lora_rank"):
-        if getattr(args, name) < 1:
+        value = getattr(args, name)
+        if value is not None and value < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.burn_in < 0:
         ap.error("--burn-in must be >= 0")
+    if not args.random_world and args.preset == "world" and not Path(args.model).is_dir():
+        ap.error(f"world model folder {args.model!r} not found: `dvc repro pretrain`, or time --random-world")
     return args
+
+
+def run_config(args: argparse.Namespace, doco: DocoConfig) -> DocoConfig:
+    """The params file's erase.doco with the command line's overrides (those given)."""
+    given = {"batch_size": args.batch_size, "lora_group": args.lora_group, "lora_rank": args.lora_rank,
+             "surgery": args.surgery, "seed": args.seed}
+    return dataclasses.replace(doco, **{k: v for k, v in given.items() if v is not None})
 
 
 def _summary(times: list[float], per_round: list[list[float]], peak: float) -> dict[str, Any]:
@@ -264,31 +257,25 @@ def _summary(times: list[float], per_round: list[list[float]], peak: float) -> d
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the table, write --json; returns the results dict."""
     args = parse_args(argv)
-    log = print
     old_threads = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        return _run(args, log)
+        return _run(args, print)
     finally:
         torch.set_num_threads(old_threads)
 
 
 def _run(args: argparse.Namespace, log) -> dict[str, Any]:
     device = torch.device(args.device)
-    bundle, label, kind = load_model(args, log)
-    latents, targets, anchors = fixed_data(bundle, args.batch_size, args.seed)
-    cfg = DocoConfig(
-        batch_size=args.batch_size,
-        lora_group=args.lora_group,
-        lora_rank=args.lora_rank,
-        surgery=args.surgery,
-        seed=args.seed,
-    )
+    params = load_params(args.params)
+    cfg = run_config(args, params.erase.doco)
+    bundle, label, kind = load_model(args, params)
+    latents, targets, anchors = fixed_data(bundle, cfg.batch_size, cfg.seed)
     total = args.burn_in + args.steps
     log(f"erase_speed: {label}")
     log(
-        f"  device {device}, {torch.get_num_threads()} threads, batch {args.batch_size}, "
+        f"  device {device}, {torch.get_num_threads()} threads, batch {cfg.batch_size}, "
         f"LoRA {cfg.lora_group} rank {cfg.lora_rank}, surgery {cfg.surgery}, "
         f"{args.repeats} rounds x ({args.burn_in} untimed + {args.steps} timed) steps per variant"
     )
@@ -298,15 +285,13 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
     rounds: dict[str, list[list[float]]] = {v: [] for v in VARIANTS}
     peaks: dict[str, float] = dict.fromkeys(VARIANTS, 0.0)
     for r in range(args.repeats):
-        order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))  # ABC CBA ABC: drift hits all alike
+        order = VARIANTS if r % 2 == 0 else tuple(reversed(VARIANTS))  # ABCD DCBA ABCD: drift hits all alike
         for name in order:
             _sync(device)
             _reset_peak(device)
             step_times = run_variant(name, bundle, latents, targets, anchors, cfg, total)[args.burn_in :]
             _sync(device)
-            peak = _peak_rss_mb()
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated(device) / 2**20
+            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
             peaks[name] = max(peaks[name], peak)
             times[name] += step_times
             rounds[name].append(step_times)
@@ -340,16 +325,16 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
     if kind != "model":
         log("NOTE: random weights: timings only; report the ones measured on the trained data/models/world.")
 
-    full = _full_erase(args, bundle, latents, targets, anchors, cfg, log) if args.full_erase else None
+    full = _full_erase(bundle, latents, targets, anchors, params.erase.doco, device, log) if args.full_erase else None
     out = {
         "model": label,
         "weights": kind,
-        "tiny": kind == "tiny",
         "random_weights": kind != "model",
+        "params": str(args.params),
         "preset": bundle.preset,
         "device": str(device),
         "threads": torch.get_num_threads(),
-        "batch_size": args.batch_size,
+        "batch_size": cfg.batch_size,
         "steps": args.steps,
         "burn_in": args.burn_in,
         "repeats": args.repeats,
@@ -371,34 +356,26 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
         "machine": f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPUs",
     }
     if args.json is not None:
-        from cdc.io import save_json
-
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         save_json(out, args.json)
         log(f"wrote {args.json}")
     return out
 
 
-def _full_erase(args, bundle, latents, targets, anchors, cfg: DocoConfig, log) -> dict[str, Any]:
-    """Wall time of one whole train_doco call (setup included) with params.yaml's erase DoCo settings."""
-    erase_cfg, why = erase_config(args.params, cfg)
-    if erase_cfg is None:
-        log(why)
-        return {"skipped": why}
-    device = torch.device(args.device)
+def _full_erase(bundle, latents, targets, anchors, cfg: DocoConfig, device: torch.device, log) -> dict[str, Any]:
+    """Wall time of one whole train_doco call (setup included) with the params file's erase.doco settings."""
     _sync(device)
     _reset_peak(device)
     start = time.perf_counter()
     try:
-        train_doco(bundle, targets, anchors, latents, erase_cfg, progress=False)
+        train_doco(bundle, targets, anchors, latents, cfg, progress=False)
     finally:
         remove_lora(bundle.unet)
     _sync(device)
     seconds = time.perf_counter() - start
     ok = seconds <= TARGET_ERASE_SECONDS
     log(
-        f"full DoCo erase ({erase_cfg.steps} steps, {erase_cfg.warmup_steps} warm-up, batch {erase_cfg.batch_size}): "
-        f"{seconds:.1f} s ({'meets' if ok else 'MISSES'} the <= {TARGET_ERASE_SECONDS:.0f} s aim; {why}; "
+        f"full DoCo erase ({cfg.steps} steps, {cfg.warmup_steps} warm-up, batch {cfg.batch_size}): "
+        f"{seconds:.1f} s ({'meets' if ok else 'MISSES'} the <= {TARGET_ERASE_SECONDS:.0f} s aim; "
         "anchor sampling and evaluation not included)"
     )
     return {
@@ -406,8 +383,7 @@ def _full_erase(args, bundle, latents, targets, anchors, cfg: DocoConfig, log) -
         "peak_rss_mb": _peak_rss_mb(),
         "target_seconds": TARGET_ERASE_SECONDS,
         "meets_target": ok,
-        "config": dataclasses.asdict(erase_cfg),
-        "source": why,
+        "config": dataclasses.asdict(cfg),
     }
 
 

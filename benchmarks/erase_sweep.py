@@ -25,23 +25,20 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from cdc import evaluate as ev  # noqa: E402
-from cdc.bundle import load_bundle  # noqa: E402
-from cdc.erase import METHODS, load_anchors, run_method  # noqa: E402
-from cdc.judge import load_judge  # noqa: E402
-from cdc.methods import remove_lora  # noqa: E402
-from cdc.params import EraseParams, load_params, with_overrides  # noqa: E402
-from cdc.system import hardware  # noqa: E402
-from cdc.world.data import load_world  # noqa: E402
+from cdc import evaluate as ev
+from cdc.anchors import load_anchors
+from cdc.bundle import load_bundle
+from cdc.erase import run_method
+from cdc.judge import load_judge
+from cdc.methods.lora import remove_lora
+from cdc.params import METHODS, EraseParams, load_params, with_overrides
+from cdc.system import hardware
+from cdc.world.data import load_world
 
 
 def arm_configs(erase: EraseParams, arm: str, methods: list[str]) -> dict:
@@ -65,8 +62,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--concept", default="church")
     parser.add_argument("--method", action="append", choices=METHODS, help="repeatable; default: doco")
     parser.add_argument("--arm", action="append", help='overrides, e.g. "steps=300 doco.surgery=pcgrad"')
-    parser.add_argument("--params", default=str(REPO / "params.yaml"))
-    parser.add_argument("--data", default=str(REPO / "data"), help="folder with world/, models/, anchors/")
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--data", default="data", help="folder with world/, models/, anchors/")
     parser.add_argument("--evaluate", default="", help='overrides of the evaluate section, e.g. "seed=778"')
     parser.add_argument("--sample", default="", help='sample overrides for the evaluation, e.g. "seed=1000"')
     parser.add_argument("--with-base", action="store_true", help="also evaluate the base model (row method=base)")
@@ -108,6 +105,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             remove_lora(bundle.unet)
             print(json.dumps(row), flush=True)
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return rows
 

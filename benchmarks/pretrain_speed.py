@@ -3,9 +3,10 @@
     python benchmarks/pretrain_speed.py --steps 30 --repeats 2 [--json out.json]
 
 Pretraining is the one stage whose time issue 3 bounds (60 min on a 2-core CPU). Both arms run the
-`pretrain` stage's own loop (`cdc.pretrain.train_world_model`) on the architecture and batch size of
-params.yaml's `pretrain` section, with random weights, random renders (N(0, 1) in UNet space) and
-random float16 contexts of MiniLM's shape: a step's cost does not depend on what the tensors hold.
+`pretrain` stage's own loop (`cdc.pretrain.train_world_model`) on the architecture, batch size and
+every other knob of the params file's `pretrain` section (params.yaml by default) but precision and
+attention, with random weights, random renders (N(0, 1) in UNet space) and random float16 contexts of
+MiniLM's shape: a step's cost does not depend on what the tensors hold.
 
   fp32          precision "fp32", fused attention (PyTorch SDPA): float32 throughout
   bf16          precision "bf16", fused attention: the UNet's forward under bf16 autocast, float32
@@ -17,7 +18,8 @@ random float16 contexts of MiniLM's shape: a step's cost does not depend on what
 Each run times its steps from the loop's own clock (`log_every=1`) after `--burn-in` untimed steps.
 The arms are interleaved (the order rotates every round) over `--repeats` rounds so slow drift of the
 machine hits all alike. It prints the median seconds per step, each arm's ratio to fp32, and what
-params.yaml's step count would take at each median. `--tiny` uses a tiny UNet: good for testing the script only.
+the params file's step count would take at each median. A params file with a small `pretrain` section
+(`--params`) makes a quick check that the script works.
 """
 
 from __future__ import annotations
@@ -27,54 +29,50 @@ import dataclasses
 import json
 import platform
 import statistics
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
+from cdc.bundle import make_world_scheduler
+from cdc.codec import SpaceToDepthCodec
+from cdc.params import PretrainParams, load_params
+from cdc.pretrain import train_world_model, world_unet_from_params
+from cdc.system import hardware, native_bf16
+from cdc.text import MiniLMEncoder
 
-from cdc.bundle import make_world_scheduler, world_unet_from_params  # noqa: E402
-from cdc.codec import SpaceToDepthCodec  # noqa: E402
-from cdc.params import PretrainParams, load_params  # noqa: E402
-from cdc.pretrain import train_world_model  # noqa: E402
-from cdc.system import hardware, native_bf16  # noqa: E402
-
-MINILM_DIM = 384  # all-MiniLM-L6-v2 hidden size: the width of the world model's context
+RENDERS = 64  # random renders the batches are drawn from (a step's cost does not depend on how many)
 ARMS = {"fp32": ("fp32", "sdpa"), "bf16": ("bf16", "sdpa"), "bf16 unfused": ("bf16", "unfused")}  # precision, attention
 
 
 def time_steps(cfg: PretrainParams, image_size: int, dim: int, precision: str, attention: str, steps: int,
-               burn_in: int, renders: int, seed: int) -> list[float]:
-    """Seconds of each timed step of one fresh `train_world_model` run."""
+               burn_in: int, seed: int) -> list[float]:
+    """Seconds of each timed step of one fresh `train_world_model` run (cfg's knobs, this precision and
+    attention kernel, `burn_in + steps` steps, the clock read every step)."""
+    total = burn_in + steps  # a shorter run than the stage's, so a shorter warm-up (the lr does not change the cost)
+    cfg = dataclasses.replace(cfg, steps=total, warmup_steps=min(cfg.warmup_steps, total - 1), precision=precision,
+                              attention=attention, seed=seed, log_every=1)
     torch.manual_seed(seed)
     codec = SpaceToDepthCodec(factor=2)
     unet = world_unet_from_params(cfg, image_size, dim, codec)
     h = image_size // codec.downsample
-    latents = torch.randn(renders, codec.channels, h, h)  # (N, C, h, w)
-    contexts = torch.randn(4 * renders, cfg.max_length + 1, dim).half()  # (P, L+1, D)
-    index = np.arange(4 * renders) % renders
+    latents = torch.randn(RENDERS, codec.channels, h, h)  # (N, C, h, w)
+    contexts = torch.randn(4 * RENDERS, cfg.max_length + 1, dim).half()  # (P, L+1, D)
+    index = np.arange(4 * RENDERS) % RENDERS
     null = torch.zeros(1, cfg.max_length + 1, dim)
-    _, history = train_world_model(
-        unet, make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps), latents,
-        contexts, index, null, steps=burn_in + steps, batch_size=cfg.batch_size, lr=cfg.lr,
-        warmup_steps=cfg.warmup_steps, ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=seed,
-        pooled_noise=cfg.pooled_noise, precision=precision, attention=attention, log_every=1, progress=False)
+    scheduler = make_world_scheduler(cfg.prediction_type, cfg.beta_schedule, cfg.num_train_timesteps)
+    _, history = train_world_model(unet, scheduler, latents, contexts, index, null, cfg, progress=False)
     clock = [0.0] + [row["seconds"] for row in history]
     return [b - a for a, b in zip(clock, clock[1:])][burn_in:]
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--params", default=str(_ROOT / "params.yaml"))
+    parser.add_argument("--params", default="params.yaml", help="its `pretrain` section is what is timed")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
     parser.add_argument("--burn-in", type=int, default=3, help="untimed steps at the start of every run")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.repeats < 1 or args.burn_in < 0:
@@ -83,19 +81,15 @@ def main(argv: list[str] | None = None) -> dict:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
     cfg = params.pretrain
-    dim = MINILM_DIM
-    if args.tiny:
-        cfg = dataclasses.replace(cfg, batch_size=4, block_channels=[32, 32], cross_attention=[False, True])
-        dim = 16
-    print(f"hardware: {hardware()}; native bf16: {native_bf16('cpu')}; "
-          f"{'TINY' if args.tiny else 'params.yaml'} UNet, batch {cfg.batch_size}", flush=True)
+    dim = MiniLMEncoder(cfg.max_length, cfg.pooled_scale).dim  # the width of the world model's context
+    print(f"hardware: {hardware()}; native bf16: {native_bf16('cpu')}; UNet of {args.params} "
+          f"(block channels {cfg.block_channels}), batch {cfg.batch_size}", flush=True)
 
     names = list(ARMS)
     seconds: dict[str, list[float]] = {k: [] for k in ARMS}
     for r in range(args.repeats):
         for arm in names[r % len(names):] + names[: r % len(names)]:
-            seconds[arm] += time_steps(cfg, params.world.size, dim, *ARMS[arm], args.steps, args.burn_in,
-                                       renders=64, seed=r)
+            seconds[arm] += time_steps(cfg, params.world.size, dim, *ARMS[arm], args.steps, args.burn_in, seed=r)
     rows = {}
     for arm in ARMS:
         med = statistics.median(seconds[arm])
@@ -108,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     for arm, ratio in ratios.items():
         print(f"ratio {arm} / fp32 = {ratio:.3f}", flush=True)
     result = {"hardware": hardware(), "python": platform.python_version(), "torch": torch.__version__,
-              "native_bf16": native_bf16("cpu"), "tiny": args.tiny, "batch_size": cfg.batch_size,
+              "native_bf16": native_bf16("cpu"), "params": args.params, "block_channels": cfg.block_channels,
+              "batch_size": cfg.batch_size,
               "params_steps": cfg.steps, "ratios_to_fp32": ratios, "arms": rows}
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,8 @@
 
 Sampling is most of what `dvc repro` spends after pretraining (anchor samples and every evaluation), so
 this is where a faster pipeline would come from. Variants, each through `cdc.sampler.sample` with the
-`sample` settings of params.yaml (steps, guidance, eta) on the same prompts and seeds:
+`sample` section of the params file (params.yaml by default: steps, guidance, eta, batch size) on the same
+prompts and seeds:
 
   fp32           the UNet as loaded, batch size from params.yaml, float32 arithmetic
   channels_last  the UNet's weights in channels-last memory order (oneDNN picks NHWC kernels)
@@ -18,9 +19,9 @@ variant alike. For each variant it prints the median images per second, the rati
 largest pixel difference from fp32's images (the sampler promises per-image seeding, so a variant
 that changes only kernels should differ by float round-off: a few levels out of 255 at most; the mean
 difference is printed too).
-With the judge (`--judge`, the committed one by default) it also prints the share of images that the
-judge sees as the same concept and style as fp32's: what a variant would change in the tables.
-`--tiny` (or a missing `--model` folder) uses a tiny random world UNet: good for testing the script only.
+With the judge (`--judge`, the committed one by default; skipped, and said so, where that folder does not
+exist) it also prints the share of images that the judge sees as the same concept and style as fp32's:
+what a variant would change in the tables.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import dataclasses
 import json
 import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -38,15 +38,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_ROOT = Path(__file__).resolve().parents[1]
-if str(_ROOT) not in sys.path:
-    sys.path.insert(0, str(_ROOT))
-
-from cdc.bundle import ModelBundle, load_bundle, tiny_world_bundle  # noqa: E402
-from cdc.judge import load_judge, predict  # noqa: E402
-from cdc.params import SampleParams, load_params  # noqa: E402
-from cdc.sampler import sample  # noqa: E402
-from cdc.system import hardware, resolve_precision  # noqa: E402
+from cdc.bundle import ModelBundle, load_bundle
+from cdc.judge import load_judge, predict
+from cdc.params import SampleParams, load_params
+from cdc.sampler import sample
+from cdc.system import hardware, resolve_precision
 
 PROMPTS = ("a church", "a house, openmoji style", "a fish", "an articulated lorry", "a parachute", "a dagger",
            "a hammer, twemoji style", "a tropical fish")
@@ -68,27 +64,24 @@ def variants(sampler: SampleParams) -> dict[str, tuple[Callable[[ModelBundle], N
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default=str(_ROOT / "data/models/world"))
-    parser.add_argument("--params", default=str(_ROOT / "params.yaml"))
+    parser.add_argument("--model", default="data/models/world", help="a saved world model folder")
+    parser.add_argument("--params", default="params.yaml", help="its `sample` section is the fp32 variant")
     parser.add_argument("--images", type=int, default=64, help="images per timed run")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--judge", default=str(_ROOT / "data/models/judge"),
+    parser.add_argument("--judge", default="data/models/judge",
                         help="also the share of images judged the same (concept and style) as fp32's")
-    parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--json")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     sampler = load_params(args.params).sample
-    tiny = args.tiny or not Path(args.model).exists()
-    bundle = tiny_world_bundle() if tiny else load_bundle("world", args.model)
-    weights = "tiny" if tiny else args.model
+    bundle = load_bundle("world", args.model)
+    weights = args.model
     prompts = [PROMPTS[i % len(PROMPTS)] for i in range(args.images)]
     seeds = list(range(args.images))
-    run = dict(steps=sampler.steps, guidance=sampler.guidance, eta=sampler.eta, progress=False)
     arms = variants(sampler)
-    auto = resolve_precision("auto", "cpu")
+    auto = resolve_precision("auto", bundle.device)
     print(f"hardware: {hardware()}; weights: {weights}; {args.images} images, {sampler.steps} steps, "
           f"guidance {sampler.guidance}, eta {sampler.eta}; precision 'auto' is {auto} here", flush=True)
 
@@ -99,14 +92,17 @@ def main(argv: list[str] | None = None) -> dict:
         for name in names if r % 2 == 0 else names[::-1]:
             prepare, batch, precision = arms[name]
             prepare(bundle)
+            cfg = dataclasses.replace(sampler, batch_size=batch, precision=precision)
             if r == 0:  # untimed first call per variant: first-call allocations, oneDNN kernel choice
-                sample(bundle, prompts[:2], seeds[:2], batch_size=2, precision=precision, **run)
+                sample(bundle, prompts[:2], seeds[:2], dataclasses.replace(cfg, batch_size=2), progress=False)
             start = time.perf_counter()
-            images[name] = sample(bundle, prompts, seeds, batch_size=batch, precision=precision, **run)
+            images[name] = sample(bundle, prompts, seeds, cfg, progress=False)
             seconds[name].append(time.perf_counter() - start)
     arms["fp32"][0](bundle)
 
-    judge = load_judge(args.judge) if Path(args.judge).exists() and not tiny else None
+    judge = load_judge(args.judge) if Path(args.judge).exists() else None
+    if judge is None:
+        print(f"no judge at {args.judge}: judged-the-same shares skipped", flush=True)
     verdicts = {k: predict(judge, v) for k, v in images.items()} if judge is not None else {}
     base = statistics.median(seconds["fp32"])
     rows = {}
@@ -125,9 +121,11 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{name:14s} {args.images / med:7.2f} images/s  speed-up {base / med:5.2f}x  "
               f"pixel diff vs fp32: max {diff.max()}, mean {diff.mean():.3f}{same}", flush=True)
     result = {"hardware": hardware(), "python": platform.python_version(), "torch": torch.__version__,
-              "weights": weights, "images": args.images, "auto_precision": auto,
+              "weights": weights, "params": args.params, "judge": args.judge if judge is not None else None,
+              "images": args.images, "auto_precision": auto,
               "sample": dataclasses.asdict(sampler), "variants": rows}
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2, default=str) + "\n")
     return result
 

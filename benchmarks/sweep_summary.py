@@ -1,13 +1,13 @@
-"""Apply issue 4's targets to erase_sweep.py rows and say which arm each method adopts.
+"""Apply the report's targets to erase_sweep.py rows and say which arm each method adopts.
 
     python benchmarks/sweep_summary.py val_*.json [--json summary.json]
 
 Reads the JSON files `erase_sweep.py --with-base --json` writes (one per concept, each with its base row
 on the same evaluation split). An (arm, method) row *meets* its concept when it meets the `report`
-targets of params.yaml (`cdc.targets`: in-set <= 0.05, neighbours >= 0.9 x base and retain-all >= 0.95 x
-base) other than out-of-set, which is left to the test split. Per method, an arm is adopted over
-params.yaml's setting ("") only if it meets more concepts; ties keep params.yaml. Out-of-set rates are
-printed, not used.
+targets of the params file (`--params`, params.yaml by default; `cdc.targets`: in-set at most
+`in_set_max`, neighbours at least `neighbors_min` x base and retain-all at least `retain_all_min` x base)
+other than out-of-set, which is left to the test split. Per method, an arm is adopted over params.yaml's
+setting ("") only if it meets more concepts; ties keep params.yaml. Out-of-set rates are printed, not used.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from cdc.targets import misses
 VALIDATION_RATES = ("in_set", "retain_neighbors", "retain_all")  # out-of-set prompts belong to the test split
 
 
-def meets(row: dict, base: dict, targets: ReportParams | None = None) -> bool:
-    """Issue 4's targets (but out-of-set) for one erased row against the base row of the same concept and split."""
-    return not misses(row, base, targets or ReportParams(), VALIDATION_RATES)
+def meets(row: dict, base: dict, targets: ReportParams) -> bool:
+    """The report's targets (but out-of-set) for one erased row against the base row of the same concept and split."""
+    return not misses(row, base, targets, VALIDATION_RATES)
 
 
 def base_rows(rows: list[dict]) -> dict[str, dict]:
@@ -32,7 +32,7 @@ def base_rows(rows: list[dict]) -> dict[str, dict]:
     return {r["concept"]: r for r in rows if r["method"] == "base"}
 
 
-def summarise(rows: list[dict], targets: ReportParams | None = None) -> dict:
+def summarise(rows: list[dict], targets: ReportParams) -> dict:
     """Per (method, arm): the concepts it meets; per method: the adopted arm."""
     base = base_rows(rows)
     concepts = sorted({r["concept"] for r in rows if r["method"] != "base"})
@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> dict:
         counts = ", ".join(f"{a or 'params.yaml'}: {len(c)}/{len(summary['concepts'])}" for a, c in arms.items())
         print(f"{method}: {counts} -> adopts {summary['adopted'][method] or 'params.yaml'}")
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(summary, indent=1))
     return summary
 

@@ -10,15 +10,16 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
-from cdc.params import Attention
+# Attention kernel in training: auto = unfused on the CPU (fused bf16 backward is slow there), else fused SDPA.
+Attention = typing.Literal["auto", "sdpa", "unfused"]
 
 
 def resolve_attention(attention: str, device: str | torch.device) -> str:
     """'sdpa' or 'unfused' as given; 'auto' -> 'unfused' on the CPU, 'sdpa' elsewhere.
 
-    Why: on the CPU, the backward of the fused SDPA kernel in bf16 costs ~20 ms per call for the world UNet's
-    16-64 token sequences, a third of a training step (benchmarks/pretrain_speed.py); the unfused
-    kernel computes the same function with plain matmuls. On CUDA the fused kernel is the fast one.
+    Why: on the CPU the bf16 backward of the fused SDPA kernel is slow for the world UNet's short (16-64
+    token) sequences (benchmarks/pretrain_speed.py times both); the unfused kernel computes the same
+    function with plain matmuls. On CUDA the fused kernel is the fast one.
     """
     if attention not in typing.get_args(Attention):
         raise ValueError(f"attention must be one of {', '.join(typing.get_args(Attention))}, got {attention!r}")

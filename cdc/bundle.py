@@ -12,11 +12,11 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from cdc.codec import Codec, SpaceToDepthCodec, VaeCodec, codec_from_config
-from cdc.params import PretrainParams
+from cdc.errors import CdcError
+from cdc.system import resolve_device
 from cdc.text import ClipEncoder, MiniLMEncoder, TextEncoder
 
 PRESETS = ("world", "sd")
-LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 # What a saved world folder must hold (relative paths); checked before loading anything.
 WORLD_FILES = (
     "unet/config.json",
@@ -89,13 +89,6 @@ def make_world_unet(
     )
 
 
-def world_unet_from_params(cfg: PretrainParams, image_size: int, context_dim: int,
-                           codec: SpaceToDepthCodec) -> UNet2DConditionModel:
-    """A randomly initialised world UNet with the `pretrain` section's architecture, for image_size renders."""
-    return make_world_unet(image_size // codec.downsample, codec.channels, cfg.block_channels, cfg.cross_attention,
-                           cfg.layers_per_block, cfg.attention_head_dim, context_dim)
-
-
 def make_world_scheduler(
     prediction_type: str = "v_prediction",
     beta_schedule: str = "squaredcos_cap_v2",
@@ -117,20 +110,11 @@ def make_world_scheduler(
     )
 
 
-def tiny_world_bundle(device: str | torch.device = "cpu") -> ModelBundle:
-    """A random tiny world model (MiniLM context, 32x32 images folded to 16x16x12) for tests and benchmarks."""
-    torch.manual_seed(0)
-    codec = SpaceToDepthCodec(2)
-    unet = make_world_unet(16, codec.channels, (32, 64), (False, True), layers_per_block=1, attention_head_dim=8)
-    text = MiniLMEncoder().to(device)
-    return ModelBundle(text=text, unet=unet.to(device).eval(), scheduler=make_world_scheduler(), codec=codec,
-                       preset="world")
-
-
 def load_bundle(
     preset: str, path: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype | None = None
 ) -> ModelBundle:
     """Load a bundle: `world` from a saved folder, `sd` from a SD 1.x diffusers folder or hub id."""
+    device = resolve_device(device)
     if preset == "world":
         return _load_world(Path(path), torch.device(device), dtype or torch.float32)
     if preset == "sd":
@@ -153,12 +137,14 @@ def _load_world(path: Path, device: torch.device, dtype: torch.dtype) -> ModelBu
             f"world model folder {path} is incomplete, missing: {', '.join(missing)} "
             "(run `dvc repro pretrain` to rebuild it)"
         )
-    meta = json.loads((path / "codec.json").read_text())
-    unet = UNet2DConditionModel.from_pretrained(str(path / "unet"), local_files_only=True, torch_dtype=dtype)
-    scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"), local_files_only=True)
-    text_meta = meta.get("text", {})
-    text = MiniLMEncoder(max_length=int(text_meta.get("max_length", 24)),
-                         pooled_scale=float(text_meta.get("pooled_scale", 1.0)))
+    try:
+        meta = json.loads((path / "codec.json").read_text())
+        unet = UNet2DConditionModel.from_pretrained(str(path / "unet"), local_files_only=True, torch_dtype=dtype)
+        scheduler = DDPMScheduler.from_pretrained(str(path / "scheduler"), local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as e:  # corrupt JSON or safetensors, truncated files
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise CdcError(f"world model folder {path} could not be read: {first}") from None
+    text = MiniLMEncoder(max_length=int(meta["text"]["max_length"]), pooled_scale=float(meta["text"]["pooled_scale"]))
     unet.to(device).eval()
     text.to(device)
     codec = codec_from_config(meta["codec"])
@@ -171,6 +157,28 @@ def _is_local(path: str | Path) -> bool:
     if isinstance(path, Path) or s.startswith((".", "/", "~")) or s.count("/") != 1:
         return True
     return Path(s).exists() or Path(s).parent.is_dir()  # 'data/sd' with data/ present is a local typo
+
+
+def _hub_cached_or_reachable(repo_id: str, timeout: float = 3.0) -> bool:
+    """True when the hub id's weights are in the local cache (load offline); False when the hub answers
+    (download). Offline and not cached: CdcError at once, instead of minutes of retries."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo_id, "model_index.json"), str):
+        return True
+    if constants.HF_HUB_OFFLINE:
+        raise CdcError(f"{repo_id!r} is not in the Hugging Face cache and HF_HUB_OFFLINE is set; "
+                       "pass a local Stable Diffusion folder with --model")
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        raise CdcError(f"{repo_id!r} is not in the Hugging Face cache and {host} cannot be reached; "
+                       "pass a local Stable Diffusion folder with --model") from None
+    return False
 
 
 def _load_sd(path: str | Path, device: torch.device, dtype: torch.dtype) -> ModelBundle:
@@ -188,6 +196,8 @@ def _load_sd(path: str | Path, device: torch.device, dtype: torch.dtype) -> Mode
         if missing:
             raise FileNotFoundError(f"Stable Diffusion folder {root} is missing: {', '.join(missing)}")
         path = str(root)
+    if not local:
+        local = _hub_cached_or_reachable(str(path))
     kw: dict[str, Any] = {"local_files_only": local}
     tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer", **kw)
     text_model = CLIPTextModel.from_pretrained(path, subfolder="text_encoder", dtype=dtype, **kw)
@@ -220,45 +230,3 @@ def save_world_bundle(bundle: ModelBundle, path: str | Path) -> None:
         bundle.unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
         bundle.scheduler.save_pretrained(str(tmp / "scheduler"))
         save_json(meta, tmp / "codec.json")
-
-
-def apply_lora(
-    unet: UNet2DConditionModel, path: str | Path, adapter_name: str = "default", strict_weights: bool = False
-) -> UNet2DConditionModel:
-    """Load a diffusers-format LoRA folder into `unet` in place (keys with or without the 'unet.' prefix).
-
-    A folder written by cdc (with its cdc_config.json) is first checked to be made for this UNet's
-    architecture (with strict_weights, for these exact base weights); LoRAs from elsewhere are loaded
-    as they are.
-    """
-    from safetensors import safe_open
-
-    from cdc.methods.lora import CONFIG_NAME, check_lora_fits
-
-    path = Path(path)
-    if path.is_dir() and (path / CONFIG_NAME).is_file():
-        check_lora_fits(unet, path, strict_weights)
-    weights = path / LORA_WEIGHT_NAME if path.is_dir() else path
-    if not weights.is_file():
-        raise FileNotFoundError(f"LoRA weights not found: {weights}")
-    with safe_open(str(weights), framework="pt") as f:
-        keys = list(f.keys())
-    prefix = "unet" if any(k.startswith("unet.") for k in keys) else None
-    if prefix is None and any(k.startswith(("text_encoder.", "transformer.")) for k in keys):
-        raise ValueError(f"LoRA {weights} has no UNet weights (keys start with {keys[0].split('.')[0]!r})")
-    try:
-        unet.load_lora_adapter(
-            str(weights.parent),
-            weight_name=weights.name,
-            prefix=prefix,
-            adapter_name=adapter_name,
-            local_files_only=True,
-        )
-    except (RuntimeError, ValueError, KeyError) as e:
-        # torch lists every mismatching tensor; the first one is enough to name the problem.
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        first = next((ln for ln in lines if "mismatch" in ln), lines[0] if lines else type(e).__name__)
-        raise ValueError(f"LoRA {weights} does not fit this UNet (made for another model?): {first[:300]}") from e
-    if adapter_name not in (getattr(unet, "peft_config", None) or {}):
-        raise ValueError(f"LoRA {weights} loaded no weights into this UNet")
-    return unet

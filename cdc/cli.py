@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import re
 import sys
@@ -15,6 +16,9 @@ import numpy as np
 
 from cdc.errors import CdcError
 
+if typing.TYPE_CHECKING:
+    from cdc.params import SampleParams
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 GENERATE_FILES = ("prompts.json", "grid.png")  # written by `generate` beside its images
 
@@ -23,12 +27,6 @@ def slugify(text: str, max_len: int = 40) -> str:
     """File-name-safe lowercase slug of a prompt."""
     slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
     return slug[:max_len].rstrip("-") or "prompt"
-
-
-def _default_device() -> str:
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> list[str]:
@@ -49,42 +47,50 @@ def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> lis
 
 
 def _check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty output folder unless asked."""
-    if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder")
+    """Refuse to replace a non-empty output folder unless asked, or to write where a folder cannot go."""
+    from cdc.io import check_output
+
+    check_output(out, "dir")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
 
 
+SAMPLER_FLAGS = ("steps", "guidance", "eta", "batch_size", "seed", "precision")
+
+
+def sampler_settings(args: argparse.Namespace) -> SampleParams:
+    """The params file's `sample` section (the pipeline's sampler) with any sampler flags given on top."""
+    from cdc.params import load_section
+
+    cfg = load_section("sample", args.params)
+    flags = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
+    try:
+        return dataclasses.replace(cfg, **flags)
+    except ValueError as e:  # range checks of SampleParams
+        raise ValueError(f"sampler flag: {e}") from None
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample n images per prompt (seeds seed..seed+n-1) into a new folder with a grid and an index."""
-    from cdc.bundle import apply_lora, load_bundle
+    from cdc.bundle import load_bundle
     from cdc.grid import make_grid
     from cdc.io import atomic_path, save_image, save_json
+    from cdc.lora_io import load_lora
     from cdc.sampler import sample
     from cdc.system import resolve_precision
 
     prompts = read_prompts(args.prompt, args.prompts_file)
     if args.n < 1:
         raise ValueError(f"--n must be >= 1, got {args.n}")
+    cfg = sampler_settings(args)
     out = Path(args.out)
     _check_out_dir(out, args.overwrite)
     bundle = load_bundle(args.preset, args.model, device=args.device)
     if args.lora:
-        apply_lora(bundle.unet, args.lora)
+        load_lora(bundle.unet, args.lora, allow_other_base=args.allow_other_base)
     all_prompts = [p for p in prompts for _ in range(args.n)]
-    seeds = [args.seed + j for _ in prompts for j in range(args.n)]
-    images = sample(
-        bundle,
-        all_prompts,
-        seeds,
-        steps=args.steps,
-        guidance=args.guidance,
-        eta=args.eta,
-        batch_size=args.batch_size,
-        precision=args.precision,
-        progress=not args.quiet,
-    )
+    seeds = [cfg.seed + j for _ in prompts for j in range(args.n)]
+    images = sample(bundle, all_prompts, seeds, cfg, progress=not args.quiet)
     records = []
     with atomic_path(out) as tmp:
         tmp.mkdir(parents=True)
@@ -99,10 +105,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
                 "preset": args.preset,
                 "model": str(args.model),
                 "lora": str(args.lora) if args.lora else None,
-                "steps": args.steps,
-                "guidance": args.guidance,
-                "eta": args.eta,
-                "precision": resolve_precision(args.precision, bundle.device),
+                "sample": {**dataclasses.asdict(cfg), "precision": resolve_precision(cfg.precision, bundle.device)},
                 "images": records,
             },
             tmp / "prompts.json",
@@ -148,6 +151,8 @@ def read_images(files: Sequence[Path], progress: bool = False) -> np.ndarray:
                 arrays.append(np.asarray(Image.alpha_composite(white, im).convert("RGB")))
         except (UnidentifiedImageError, OSError):
             raise ValueError(f"{f} is not a readable image") from None
+        except Image.DecompressionBombError:
+            raise ValueError(f"{f} is too large to decode (over PIL's decompression-bomb limit)") from None
         if arrays[-1].shape != arrays[0].shape:
             size, first = arrays[-1].shape, arrays[0].shape
             raise ValueError(
@@ -158,11 +163,13 @@ def read_images(files: Sequence[Path], progress: bool = False) -> np.ndarray:
 
 def cmd_judge(args: argparse.Namespace) -> int:
     """Classify every image of a folder: concept, style and their confidences, as CSV."""
-    from cdc.io import save_text
+    from cdc.io import check_output, save_text
     from cdc.judge import load_judge, predict
 
-    judge = load_judge(args.judge, device=args.device)
+    if args.out:
+        check_output(args.out, "file")
     files = list_images(Path(args.images))
+    judge = load_judge(args.judge, device=args.device)
     images = read_images(files, progress=not args.quiet)
     pred = predict(judge, images)
     keys = getattr(judge, "concept_keys", None)
@@ -192,7 +199,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `cdc` argument parser."""
-    from cdc.params import Precision
+    from cdc.system import Precision
+
     parser = argparse.ArgumentParser(prog="cdc", description="Concept erasure toolkit: generate and judge images.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -200,16 +208,22 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
     g.add_argument("--model", default="data/models/world", help="world model folder, or SD folder / hub id")
     g.add_argument("--lora", default=None, help="diffusers LoRA folder to load into the UNet")
+    g.add_argument("--allow-other-base", action="store_true",
+                   help="load a cdc LoRA even though it was trained on other base weights (a warning says so)")
+    g.add_argument("--params", default="params.yaml",
+                   help="params file whose `sample` section sets the sampler (default params.yaml, the pipeline's)")
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", default=None, help="text file, one prompt per line (# comments)")
     g.add_argument("--n", type=int, default=4, help="images per prompt (seeds seed..seed+n-1)")
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--steps", type=int, default=30)
-    g.add_argument("--guidance", type=float, default=1.5)
-    g.add_argument("--eta", type=float, default=1.0)
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--precision", choices=typing.get_args(Precision), default="auto",
-                   help="UNet arithmetic: bf16 autocast where the hardware has it (auto), or forced")
+    g.add_argument("--seed", type=int, default=None, help="first seed (default: sample.seed)")
+    g.add_argument("--steps", type=int, default=None, help="DDIM steps (default: sample.steps)")
+    g.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance >= 0 (default: sample.guidance)")
+    g.add_argument("--eta", type=float, default=None, help="DDIM eta in [0, 1] (default: sample.eta)")
+    g.add_argument("--batch-size", type=int, default=None, help="images per UNet batch (default: sample.batch_size)")
+    g.add_argument("--precision", choices=typing.get_args(Precision), default=None,
+                   help="UNet arithmetic: bf16 autocast where the hardware has it (auto), or forced "
+                        "(default: sample.precision)")
     g.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     g.add_argument("--out", required=True, help="output folder (must be new or empty)")
     g.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -228,13 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point; bad input prints one `cdc: error: ...` line and returns 2."""
+    from cdc.system import resolve_device
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.device is None:
-        args.device = _default_device()
     try:
+        args.device = resolve_device(args.device)
         return int(args.func(args))
-    except (CdcError, ValueError, FileNotFoundError, FileExistsError) as e:
+    except (CdcError, ValueError, OSError) as e:  # OSError: missing files, permissions, a full disk
         print(f"cdc {args.command}: error: {e}", file=sys.stderr)
         return 2
 

@@ -11,3 +11,7 @@ class ParamsError(CdcError):
 
 class NaNLossError(CdcError):
     """Training produced a non-finite loss."""
+
+
+class LoraError(CdcError):
+    """A LoRA file is unreadable or was made for another model."""

@@ -35,8 +35,7 @@ def draw(
         raise ValueError("no prompts to draw")
     repeated = [p for p in prompts for _ in range(n_images)]
     seeds = [sampler.seed + k for _ in prompts for k in range(n_images)]
-    images = sample(bundle, repeated, seeds, steps=sampler.steps, guidance=sampler.guidance, eta=sampler.eta,
-                    batch_size=sampler.batch_size, precision=sampler.precision, unet=unet, progress=progress)
+    images = sample(bundle, repeated, seeds, sampler, unet=unet, progress=progress)
     seen = predict(judge, images)
     return Drawn(repeated, images, np.asarray(seen["concept"]), np.asarray(seen["style"]))
 
@@ -105,7 +104,7 @@ def erasure_row(
     retain: list[str], cfg: EvaluateParams, sampler: SampleParams, *, unet: nn.Module | None = None,
     progress: bool = True,
 ) -> tuple[dict, dict[str, Drawn]]:
-    """One table row (design section 5): erasure in-set and out-of-set, utility on neighbours and on all.
+    """One table row: erasure in-set and out-of-set, utility on neighbours and on all.
 
     The row also names what each utility column lost (`neighbors_missed`, `retain_missed`; see `misses`).
 

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cdc.augment import augment
+from cdc.params import JudgeParams
 
 IMAGE_SIZE = 32
 # Per-channel statistics of white-background emoji renders (mostly white); only used to centre inputs.
@@ -132,23 +133,14 @@ def train_judge(
     images: np.ndarray,
     concepts: np.ndarray,
     styles: np.ndarray,
+    cfg: JudgeParams,
     *,
-    steps: int = 1500,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    width: int = 32,
-    weight_decay: float = 0.05,
-    label_smoothing: float = 0.1,
-    strength: float = 1.0,
     n_concepts: int | None = None,
     n_styles: int | None = None,
-    seed: int = 0,
     progress: bool = True,
-    log_every: int = 50,
 ) -> tuple[JudgeNet, list[dict[str, float]]]:
     """Train a JudgeNet on uint8 renders (N,32,32,3) with on-the-fly augmentation; returns (judge, history)."""
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"train_judge needs steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
+    steps, batch_size, lr, seed, log_every = cfg.steps, cfg.batch_size, cfg.lr, cfg.seed, cfg.log_every
     c_all, s_all = _check_labels(images, concepts, styles)
     x_all = _to_float(images)  # (N,3,32,32), small enough to keep in memory
     n_c = int(n_concepts if n_concepts is not None else c_all.max() + 1)
@@ -156,14 +148,14 @@ def train_judge(
 
     gen = torch.Generator().manual_seed(seed)
     with torch.random.fork_rng(devices=[]):  # default init draws from the global RNG; leave it untouched
-        judge = JudgeNet(n_c, n_s, width)
+        judge = JudgeNet(n_c, n_s, cfg.width)
     judge.reset_parameters(gen)  # the weights actually used come from the seeded generator
     judge.train()
     # no weight decay on norms and biases: they are few and decaying them only hurts calibration
     decay = [p for p in judge.parameters() if p.dim() > 1]
     no_decay = [p for p in judge.parameters() if p.dim() <= 1]
     opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
     )
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
 
@@ -178,11 +170,11 @@ def train_judge(
     n_run = 0
     for step in range(1, steps + 1):
         idx = torch.randint(0, len(x_all), (batch_size,), generator=gen)  # with replacement
-        x = augment(x_all[idx], gen, strength)
+        x = augment(x_all[idx], gen, cfg.augment_strength)
         c, s = c_all[idx], s_all[idx]
         logit_c, logit_s = judge(x)
-        loss_c = F.cross_entropy(logit_c, c, label_smoothing=label_smoothing)
-        loss_s = F.cross_entropy(logit_s, s, label_smoothing=label_smoothing)
+        loss_c = F.cross_entropy(logit_c, c, label_smoothing=cfg.label_smoothing)
+        loss_s = F.cross_entropy(logit_s, s, label_smoothing=cfg.label_smoothing)
         loss = loss_c + loss_s
         if not torch.isfinite(loss):
             from cdc.errors import NaNLossError
@@ -315,6 +307,7 @@ def save_judge(
 
 def load_judge(path: str | Path, device: str | torch.device = "cpu") -> JudgeNet:
     """Load a judge written by save_judge, in eval mode."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -323,12 +316,15 @@ def load_judge(path: str | Path, device: str | torch.device = "cpu") -> JudgeNet
             raise FileNotFoundError(
                 f"no trained judge at {path} (missing {name}); run `dvc repro judge` to train it"
             )
-    config = json.loads((path / CONFIG_NAME).read_text())
     try:
+        config = json.loads((path / CONFIG_NAME).read_text())
         judge = JudgeNet(int(config["n_concepts"]), int(config["n_styles"]), int(config["width"]))
+        judge.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
     except KeyError as e:
         raise ValueError(f"{path / CONFIG_NAME} lacks key {e}") from None
-    judge.load_state_dict(load_file(str(path / WEIGHTS_NAME)))
+    except (ValueError, RuntimeError, OSError, SafetensorError) as e:  # corrupt JSON or weights, other shapes
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"judge at {path} could not be read: {first}") from None
     judge.concept_keys = config.get("concept_keys")
     judge.style_names = config.get("style_names")
     return judge.to(device).eval()

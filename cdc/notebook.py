@@ -17,7 +17,7 @@ from typing import Any
 import nbformat
 
 from cdc.errors import ParamsError
-from cdc.io import atomic_path
+from cdc.io import atomic_path, check_output
 from cdc.params import parse_yaml
 
 KERNEL = "python3"
@@ -28,10 +28,18 @@ def _parameters_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
     return [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
 
 
+def _read_notebook(src: Path) -> nbformat.NotebookNode:
+    """Read a notebook; one that is not valid JSON raises ValueError naming it."""
+    try:
+        return nbformat.read(src, as_version=4)
+    except ValueError as exc:  # nbformat's NotJSONError and UnicodeDecodeError
+        raise ValueError(f"{src}: not a readable notebook: {exc}") from exc
+
+
 def notebook_parameters(src: str | os.PathLike[str]) -> list[str]:
     """Names assigned at top level in the notebook's single `parameters`-tagged cell."""
     src = Path(src)
-    cells = _parameters_cells(nbformat.read(src, as_version=4))
+    cells = _parameters_cells(_read_notebook(src))
     if len(cells) != 1:
         raise ParamsError(f"{src}: expected exactly one cell tagged 'parameters', found {len(cells)}")
     try:
@@ -97,12 +105,16 @@ def run_notebook(
     log_output: bool = False,
 ) -> Path:
     """Execute `src` with `parameters` into `out` (created with its folder only if every cell ran)."""
-    import papermill  # imported here: it is slow to import and only this function needs it
-
     src, out, parameters = Path(src), Path(out), dict(parameters or {})
     if not src.is_file():
         raise FileNotFoundError(f"notebook not found: {src}")
     check_parameters(src, parameters)
+    # Before running anything: an `out` that is a folder (e.g. data/executed) would only be refused
+    # after every cell had run.
+    check_output(out, "file")
+
+    import papermill  # imported here: it is slow to import and only this function needs it
+
     with atomic_path(out) as tmp:
         papermill.execute_notebook(
             str(src),
@@ -165,5 +177,5 @@ if __name__ == "__main__":
             cwd=args.cwd,
             log_output=args.log_output,
         )
-    except (CdcError, FileNotFoundError) as exc:
+    except (CdcError, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")

@@ -1,9 +1,9 @@
 """Typed, validated configuration: params.yaml (YAML 1.2) read into frozen dataclasses.
 
-To add a section: write a frozen dataclass with defaults, then add a field of that type to `Params`
-whose name is the params.yaml section (and the DVC stage) name. Supported field types: bool, int,
-float, str, Literal[...], list[X], tuple[X, ...], dict[str, X], X | None, and nested dataclasses.
-A dataclass may validate values in `__post_init__` by raising ValueError.
+params.yaml is the one source of every value: no field has a default, so a missing section or key is
+an error. To add a section: write a frozen `cdc.config.Checked` dataclass (ranges with `bounded`), then
+add a field of that type to `Params` named as the params.yaml section (and the DVC stage). Field types:
+bool, int, float, str, Literal[...], list[X], X | None and nested dataclasses.
 """
 
 from __future__ import annotations
@@ -13,20 +13,18 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from cdc.attention import Attention
+from cdc.config import Checked, bounded, check_names
 from cdc.errors import ParamsError
-from cdc.methods import CaConfig, DocoConfig, EsdConfig
-
-# How the sampler runs the UNet: auto = bf16 autocast where the hardware has native bf16, else fp32.
-Precision = Literal["auto", "fp32", "bf16"]
-# Attention kernel in training: auto = unfused on the CPU (fused bf16 backward is slow there), else fused SDPA.
-Attention = Literal["auto", "sdpa", "unfused"]
+from cdc.methods.config import CaConfig, DocoConfig, EsdConfig
+from cdc.system import Precision
 
 T = TypeVar("T")
 
@@ -83,8 +81,6 @@ def _type_name(tp: Any) -> str:
 def _convert(tp: Any, value: Any, where: str) -> Any:
     """Check `value` against the annotation `tp` and return it converted (nested dataclasses built)."""
     origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
     if origin in (Union, types.UnionType):
         if value is None and type(None) in args:
             return None
@@ -105,26 +101,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         return value
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
+    if origin is list:
+        if not isinstance(value, list):
             raise ParamsError(f"'{where}': expected {_type_name(tp)}, got {_describe(value)}")
-        if origin is tuple and args and args[-1] is not Ellipsis:
-            if len(args) != len(value):
-                raise ParamsError(
-                    f"'{where}': expected {len(args)} items ({_type_name(tp)}), got {len(value)}"
-                )
-            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
-        item = args[0] if args else Any
-        items = [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if origin is tuple else items
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise ParamsError(f"'{where}': expected a mapping ({_type_name(tp)}), got {_describe(value)}")
-        key_tp, val_tp = args if args else (Any, Any)
-        return {
-            _convert(key_tp, k, f"{where} key {k!r}"): _convert(val_tp, v, _key(where, k))
-            for k, v in value.items()
-        }
+        return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
     if tp is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"'{where}': expected bool (true/false), got {_describe(value)}")
@@ -149,10 +129,8 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build the (frozen) dataclass `cls` from a mapping; `where` is the dotted key prefix for errors.
 
-    Unknown keys, wrong types and missing keys without a default raise ParamsError.
+    Unknown, missing and mistyped keys and values out of range raise ParamsError.
     """
-    if data is None:
-        data = {}  # an empty section (`judge:` with nothing under it) means all defaults
     if not isinstance(data, Mapping):
         raise ParamsError(f"'{where or '<top level>'}': expected a mapping, got {_describe(data)}")
     hints = typing.get_type_hints(cls)
@@ -163,10 +141,10 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         what = "key" if where else "section"
         raise ParamsError(f"unknown {what} '{_key(where, unknown[0])}' (known: {known})")
     kwargs = {}
-    for name, f in fields.items():
+    for name in fields:
         if name in data:
             kwargs[name] = _convert(hints[name], data[name], _key(where, name))
-        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        else:
             raise ParamsError(f"missing key '{_key(where, name)}'")
     try:
         return cls(**kwargs)
@@ -189,170 +167,175 @@ def with_overrides(cfg: T, overrides: str, where: str) -> T:
 # --------------------------------------------------------------------------------------------
 # Sections (one per DVC stage, same name as the stage and its notebook)
 
+Style = Literal["twemoji", "openmoji"]
+Phrases = Literal["all", "names", "drawn"]  # anchors.phrases; cdc.anchors.erase_pairs builds each
+PHRASES = typing.get_args(Phrases)
+Method = Literal["doco", "esd", "ca"]
+METHODS = typing.get_args(Method)
+
 
 @dataclass(frozen=True)
-class WorldParams:
+class WorldParams(Checked):
     """Build the emoji world: concepts present in every style, rendered small on white."""
 
-    size: int = 32  # render size in pixels (square)
-    styles: list[str] = field(default_factory=lambda: ["twemoji", "openmoji"])
-    n_concepts: int = 330  # target families + neighbours + a seeded sample of the other emoji
-    min_concepts: int = 300  # fail the build if fewer concepts come out
-    seed: int = 0
-    # "{a}" = phrase with its article ("a church"), "{p}" = bare phrase ("church")
-    caption_templates: list[str] = field(default_factory=lambda: ["{a}", "{p}", "an emoji of {a}", "{p} icon"])
+    size: int = bounded(8)  # render size in pixels (square)
+    styles: list[Style]
+    n_concepts: int = bounded(1)  # target families + neighbours + a seeded sample of the other emoji
+    min_concepts: int = bounded(1)  # fail the build if fewer concepts come out
+    seed: int = bounded(0)
+    caption_templates: list[str]  # "{a}" = phrase with its article ("a church"), "{p}" = bare phrase
+
+    def __post_init__(self) -> None:
+        """Distinct styles; every template names the phrase."""
+        super().__post_init__()
+        check_names("styles", self.styles)
+        if not self.caption_templates or any("{a}" not in t and "{p}" not in t for t in self.caption_templates):
+            raise ValueError("caption_templates must be non-empty and each must contain {a} or {p}")
 
 
 @dataclass(frozen=True)
-class JudgeParams:
+class JudgeParams(Checked):
     """Train the concept/style classifier used to score generated images."""
 
-    steps: int = 3000
-    batch_size: int = 128
-    lr: float = 2e-3
-    width: int = 64  # channels of the first conv block
-    eval_renders: int = 8  # augmented held-out renders per image for the accuracy report
-    seed: int = 0
+    steps: int = bounded(1)
+    batch_size: int = bounded(1)
+    lr: float = bounded(0, lo_open=True)  # peak of the one-cycle schedule
+    width: int = bounded(1)  # channels of the first conv block
+    weight_decay: float = bounded(0)  # AdamW, on conv and linear weights only
+    label_smoothing: float = bounded(0, 1, hi_open=True)
+    augment_strength: float = bounded(0)  # scale of the colour, affine and blur augmentation
+    eval_renders: int = bounded(1)  # augmented held-out renders per image for the accuracy report
+    seed: int = bounded(0)
+    log_every: int = bounded(1)  # steps between history rows
 
 
 @dataclass(frozen=True)
-class PretrainParams:
+class PretrainParams(Checked):
     """Train the world text-to-image model (small UNet2DConditionModel on MiniLM context)."""
 
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 1e-3
-    warmup_steps: int = 100
-    block_channels: list[int] = field(default_factory=lambda: [64, 128, 128])
-    cross_attention: list[bool] = field(default_factory=lambda: [False, True, True])  # per level
-    layers_per_block: int = 1
-    attention_head_dim: int = 8
-    prediction_type: str = "v_prediction"
-    beta_schedule: str = "squaredcos_cap_v2"
-    num_train_timesteps: int = 1000
-    ema_decay: float = 0.999
-    caption_dropout: float = 0.1  # probability of the empty prompt, for classifier-free guidance
-    captions_per_image: int = 24  # training captions drawn per render from phrases x templates x styles
-    max_length: int = 24  # MiniLM tokens per prompt (plus one sentence-embedding token)
-    pooled_scale: float = 8.0  # norm of the sentence-embedding token, ~ the token states' norms
-    token_dropout: float = 0.0  # probability that a caption keeps only its sentence token in training
-    pooled_noise: float = 0.0  # norm of the noise added to the unit sentence embedding in training
-    precision: Precision = "auto"  # bf16 autocast (mixed precision) where the device has native bf16
-    attention: Attention = "auto"  # unfused on the CPU, fused SDPA on GPU (cdc.attention)
-    seed: int = 0
-    log_every: int = 50
+    steps: int = bounded(1)
+    batch_size: int = bounded(1)
+    lr: float = bounded(0, lo_open=True)  # peak AdamW learning rate after linear warm-up, cosine decay
+    warmup_steps: int = bounded(0)
+    block_channels: list[int] = bounded(1)  # UNet channels per level, top first
+    cross_attention: list[bool]  # per level: whether it attends to the text
+    layers_per_block: int = bounded(1)
+    attention_head_dim: int = bounded(1)
+    prediction_type: Literal["epsilon", "v_prediction"]
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"]
+    num_train_timesteps: int = bounded(1)
+    ema_decay: float = bounded(0, 1, hi_open=True)
+    caption_dropout: float = bounded(0, 1)  # probability of the empty prompt, for classifier-free guidance
+    captions_per_image: int = bounded(1)  # training captions drawn per render from phrases x templates x styles
+    max_length: int = bounded(1)  # MiniLM tokens per prompt (plus one sentence-embedding token)
+    pooled_scale: float = bounded(0, lo_open=True)  # norm of the sentence-embedding token
+    token_dropout: float = bounded(0, 1)  # probability that a caption keeps only its sentence token
+    pooled_noise: float = bounded(0)  # norm of the noise added to the unit sentence embedding in training
+    precision: Precision  # bf16 autocast (mixed precision) where the device has native bf16
+    attention: Attention  # unfused on the CPU, fused SDPA on GPU (cdc.attention)
+    seed: int = bounded(0)
+    log_every: int = bounded(1)
 
     def __post_init__(self) -> None:
-        """Reject inconsistent UNet shapes early."""
-        if len(self.cross_attention) != len(self.block_channels):
+        """Reject inconsistent UNet shapes and a warm-up as long as training."""
+        super().__post_init__()
+        if not self.block_channels or len(self.cross_attention) != len(self.block_channels):
             raise ValueError(
                 f"cross_attention has {len(self.cross_attention)} entries but block_channels "
-                f"has {len(self.block_channels)}"
+                f"has {len(self.block_channels)} (need one per level, at least one level)"
             )
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
 
 
 @dataclass(frozen=True)
-class SampleParams:
-    """The sampler every later stage uses (DDIM with classifier-free guidance)."""
+class SampleParams(Checked):
+    """The sampler every later stage and `cdc generate` use (DDIM with classifier-free guidance)."""
 
-    steps: int = 20
-    guidance: float = 1.5
-    eta: float = 1.0  # 0 = deterministic DDIM, 1 = DDPM-like stochastic steps
-    batch_size: int = 64
-    seed: int = 0
-    # UNet arithmetic while sampling a float32 model: "auto" = bf16 autocast where the hardware does bf16
-    # natively (AVX512-BF16/AMX CPUs, CUDA compute >= 8), else fp32 (bf16 is 2x slower without it on AVX512
-    # and 20x on AVX2: benchmarks/sample_speed.py). Stages record what "auto" resolved to.
-    precision: Precision = "auto"
+    steps: int = bounded(1)
+    guidance: float = bounded(0)  # classifier-free guidance scale; 1 = no unconditional pass
+    eta: float = bounded(0, 1)  # 0 = deterministic DDIM, 1 = DDPM-like stochastic steps
+    batch_size: int = bounded(1)
+    seed: int = bounded(0)  # first seed of `cdc generate`
+    precision: Precision  # UNet arithmetic: "auto" = bf16 autocast where the hardware has it natively
 
 
 @dataclass(frozen=True)
-class BaseParams:
+class BaseParams(Checked):
     """Judge the base model's images (in-set and out-of-set prompts)."""
 
-    images_per_prompt: int = 4
-    n_other_concepts: int = 60  # non-target concepts included in base_concept_acc
-    seed: int = 1234
-
-
-PHRASES = ("all", "names", "drawn")  # anchors.phrases options; cdc.erase.erase_pairs builds each
+    images_per_prompt: int = bounded(1)
+    n_other_concepts: int = bounded(0)  # non-target concepts included in base_concept_acc
+    seed: int = bounded(0)
 
 
 @dataclass(frozen=True)
-class AnchorsParams:
+class AnchorsParams(Checked):
     """Base-model samples that an erasure trains on: anchor prompts (DoCo, CA) and target prompts (ESD)."""
 
-    samples_per_prompt: int = 8  # seeded images per prompt
-    phrases: str = "all"  # "all": train on every phrase of the concept in the world's captions; "names"
-    min_drawn: float = 0.5  # phrases "drawn": keep a phrase whose base samples the judge sees as the family this often
-    style_probe: int = 24  # objects through which a style family is prompted
-    seed: int = 100  # first sample seed; probe choice too
-
-    def __post_init__(self) -> None:
-        """Reject an unknown phrases option before any sampling."""
-        if self.phrases not in PHRASES:
-            raise ValueError(f"phrases must be 'all', 'names' or 'drawn', got {self.phrases!r}")
-        if not 0.0 <= self.min_drawn <= 1.0:
-            raise ValueError(f"min_drawn must lie in [0, 1], got {self.min_drawn}")
+    samples_per_prompt: int = bounded(1)  # seeded images per prompt
+    phrases: Phrases  # all: every caption phrase of the family; names: names only; drawn: those the base model draws
+    min_drawn: float = bounded(0, 1)  # phrases "drawn": keep a phrase drawn as the family at least this often
+    style_probe: int = bounded(1)  # objects through which a style family is prompted
+    seed: int = bounded(0)  # first sample seed; probe choice too
 
 
 @dataclass(frozen=True)
-class EraseParams:
+class EraseParams(Checked):
     """One LoRA per (concept family, method); the families are the DVC matrix of erase and evaluate."""
 
-    concepts: list[str] = field(
-        default_factory=lambda: ["church", "articulated-lorry", "parachute", "fish", "weapon", "openmoji"]
-    )
-    methods: list[str] = field(default_factory=lambda: ["doco", "esd", "ca"])
-    doco: DocoConfig = field(default_factory=DocoConfig)
-    esd: EsdConfig = field(default_factory=EsdConfig)
-    ca: CaConfig = field(default_factory=CaConfig)
-
-
-@dataclass(frozen=True)
-class EvaluateParams:
-    """Judge every erased model and the base model on the same prompts and seeds."""
-
-    images_per_prompt: int = 4  # seeds per in-set and out-of-set prompt
-    in_set_images: int = 96  # fewer seeds per in-set prompt where the family has many (at least 1 each)
-    retain_images: int = 1  # seeds per (retained concept, style) prompt
-    n_retain: int = 40  # retained concepts outside every family (retain_all)
-    fid_images: int = 200  # generated images for world-FID (a fixed seeded subset of renders)
-    seed: int = 777  # sampling seeds, apart from the anchors stage's
-
-
-@dataclass(frozen=True)
-class ReportParams:
-    """What the report calls a successful erasure (issue 4's targets) and how sure its intervals are."""
-
-    in_set_max: float = 0.05  # erased: the judge sees the family on its training prompts at most this often
-    out_of_set_max: float = 0.15  # ... and on paraphrases never trained on
-    neighbors_min: float = 0.9  # kept: retain_neighbors at least this x the base model's
-    retain_all_min: float = 0.95  # kept: retain_all at least this x the base model's
-    confidence: float = 0.95  # Wilson intervals on every rate (binomial over the judged images)
+    concepts: list[str]  # world families (data/world/families.yaml), as slugs
+    methods: list[Method]
+    doco: DocoConfig
+    esd: EsdConfig
+    ca: CaConfig
 
     def __post_init__(self) -> None:
-        """Rates and factors lie in [0, 1]; a confidence of 0 or 1 gives no interval."""
-        for name in ("in_set_max", "out_of_set_max", "neighbors_min", "retain_all_min"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must lie in [0, 1], got {getattr(self, name)}")
-        if not 0.0 < self.confidence < 1.0:
-            raise ValueError(f"confidence must lie in (0, 1), got {self.confidence}")
+        """Non-empty lists without repeats."""
+        super().__post_init__()
+        check_names("concepts", self.concepts)
+        check_names("methods", self.methods)
+        bad = [c for c in self.concepts if not c or c != c.strip() or " " in c]
+        if bad:
+            raise ValueError(f"concepts are slugs without spaces (e.g. articulated-lorry), got {bad[0]!r}")
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Checked):
+    """Judge every erased model and the base model on the same prompts and seeds."""
+
+    images_per_prompt: int = bounded(1)  # seeds per in-set and out-of-set prompt
+    in_set_images: int = bounded(1)  # fewer seeds per in-set prompt where the family has many (at least 1 each)
+    retain_images: int = bounded(1)  # seeds per (retained concept, style) prompt
+    n_retain: int = bounded(1)  # retained concepts outside every family (retain_all)
+    fid_images: int = bounded(2)  # generated images for world-FID (a fixed seeded subset of renders)
+    seed: int = bounded(0)  # sampling seeds, apart from the anchors stage's
+
+
+@dataclass(frozen=True)
+class ReportParams(Checked):
+    """What the report calls a successful erasure and how sure its intervals are."""
+
+    in_set_max: float = bounded(0, 1)  # erased: the judge sees the family on its training prompts at most this often
+    out_of_set_max: float = bounded(0, 1)  # ... and on paraphrases never trained on
+    neighbors_min: float = bounded(0, 1)  # kept: retain_neighbors at least this x the base model's
+    retain_all_min: float = bounded(0, 1)  # kept: retain_all at least this x the base model's
+    confidence: float = bounded(0, 1, lo_open=True, hi_open=True)  # Wilson intervals on every rate
 
 
 @dataclass(frozen=True)
 class Params:
     """All of params.yaml; each field is one section."""
 
-    world: WorldParams = field(default_factory=WorldParams)
-    judge: JudgeParams = field(default_factory=JudgeParams)
-    pretrain: PretrainParams = field(default_factory=PretrainParams)
-    sample: SampleParams = field(default_factory=SampleParams)
-    base: BaseParams = field(default_factory=BaseParams)
-    anchors: AnchorsParams = field(default_factory=AnchorsParams)
-    erase: EraseParams = field(default_factory=EraseParams)
-    evaluate: EvaluateParams = field(default_factory=EvaluateParams)
-    report: ReportParams = field(default_factory=ReportParams)
+    world: WorldParams
+    judge: JudgeParams
+    pretrain: PretrainParams
+    sample: SampleParams
+    base: BaseParams
+    anchors: AnchorsParams
+    erase: EraseParams
+    evaluate: EvaluateParams
+    report: ReportParams
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

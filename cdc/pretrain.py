@@ -14,7 +14,7 @@ from diffusers import DDPMScheduler, UNet2DConditionModel
 from tqdm.auto import tqdm
 
 from cdc.attention import attention_kernel, resolve_attention
-from cdc.bundle import ModelBundle, make_world_scheduler, world_unet_from_params
+from cdc.bundle import ModelBundle, make_world_scheduler, make_world_unet
 from cdc.codec import SpaceToDepthCodec, encode_images
 from cdc.errors import NaNLossError
 from cdc.params import PretrainParams
@@ -80,6 +80,13 @@ def augment_context(ctx: torch.Tensor, token_dropout: float, pooled_noise: float
     return ctx
 
 
+def world_unet_from_params(cfg: PretrainParams, image_size: int, context_dim: int,
+                           codec: SpaceToDepthCodec) -> UNet2DConditionModel:
+    """A randomly initialised world UNet with the `pretrain` section's architecture, for image_size renders."""
+    return make_world_unet(image_size // codec.downsample, codec.channels, cfg.block_channels, cfg.cross_attention,
+                           cfg.layers_per_block, cfg.attention_head_dim, context_dim)
+
+
 def train_world_model(
     unet: UNet2DConditionModel,
     scheduler: DDPMScheduler,
@@ -87,19 +94,8 @@ def train_world_model(
     contexts: torch.Tensor,
     pool_index: np.ndarray,
     null_context: torch.Tensor,
+    cfg: PretrainParams,
     *,
-    steps: int,
-    batch_size: int,
-    lr: float,
-    warmup_steps: int,
-    ema_decay: float,
-    caption_dropout: float,
-    seed: int,
-    token_dropout: float = 0.0,
-    pooled_noise: float = 0.0,
-    precision: str = "fp32",
-    attention: str = "auto",
-    log_every: int = 50,
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
 ) -> tuple[UNet2DConditionModel, list[dict]]:
@@ -120,6 +116,8 @@ def train_world_model(
     """
     if len(contexts) != len(pool_index) or len(contexts) == 0:
         raise ValueError(f"{len(contexts)} contexts for {len(pool_index)} caption/image pairs")
+    steps, batch_size, lr, log_every = cfg.steps, cfg.batch_size, cfg.lr, cfg.log_every
+    seed, precision, attention = cfg.seed, cfg.precision, cfg.attention
     gen = torch.Generator().manual_seed(seed)
     index = torch.from_numpy(pool_index)
     device = next(unet.parameters()).device
@@ -136,8 +134,8 @@ def train_world_model(
             pick = torch.randint(len(contexts), (batch_size,), generator=gen)
             x0 = latents[index[pick]]  # (B, C, h, w)
             ctx = contexts[pick].float()  # (B, L, D)
-            drop = torch.rand(batch_size, generator=gen) < caption_dropout
-            ctx = augment_context(ctx, token_dropout, pooled_noise, gen)
+            drop = torch.rand(batch_size, generator=gen) < cfg.caption_dropout
+            ctx = augment_context(ctx, cfg.token_dropout, cfg.pooled_noise, gen)
             ctx[drop] = null_context.float()
             noise = torch.randn(x0.shape, generator=gen)
             t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=gen)
@@ -150,13 +148,13 @@ def train_world_model(
             if not torch.isfinite(loss):
                 raise NaNLossError(f"pretrain: loss is {loss.item()} at step {step}; nothing was saved")
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, steps, warmup_steps, lr)
+                group["lr"] = lr_at(step, steps, cfg.warmup_steps, lr)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
             opt.step()
             # EMA with a warm start: early averages follow the weights closely instead of the random init.
-            decay = min(ema_decay, (1 + step) / (10 + step))
+            decay = min(cfg.ema_decay, (1 + step) / (10 + step))
             torch._foreach_lerp_(ema, [p.detach() for p in unet.parameters()], 1 - decay)
             running += loss.item()
             if (step + 1) % log_every == 0 or step + 1 == steps:
@@ -188,10 +186,7 @@ def pretrain_world(
     contexts = encode_prompts(text, pool.prompts, progress=progress).cpu()
     unet, history = train_world_model(
         unet, scheduler, encode_images(codec, world.images), contexts, pool.image_index, text.encode([""]).cpu(),
-        steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, warmup_steps=cfg.warmup_steps,
-        ema_decay=cfg.ema_decay, caption_dropout=cfg.caption_dropout, seed=cfg.seed,
-        token_dropout=cfg.token_dropout, pooled_noise=cfg.pooled_noise, precision=cfg.precision,
-        attention=cfg.attention, log_every=cfg.log_every, progress=progress,
+        cfg, progress=progress,
     )
     bundle = ModelBundle(text=text.to("cpu"), unet=unet.to("cpu"), scheduler=scheduler, codec=codec, preset="world")
     return bundle, history

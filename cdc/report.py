@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cdc.io import load_json
+from cdc.io import load_json, save_text
 from cdc.params import ReportParams
 from cdc.targets import RATES, clear_misses, interval, misses
 
@@ -15,13 +15,12 @@ COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_ne
 
 
 def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, erase_dir: str | Path,
-                targets: ReportParams | None = None) -> pd.DataFrame:
+                targets: ReportParams) -> pd.DataFrame:
     """One row per (concept, method) plus a `base` row per concept; utility also relative to base.
 
     Each rate gets a Wilson interval (`<rate>_lo`, `<rate>_hi`) over its judged images, and each erased row
     the targets it misses (`missed`) and those of them its interval excludes (`missed_clearly`).
     """
-    targets = targets or ReportParams()
     rows = []
     for concept in concepts:
         path = Path(eval_dir) / f"{concept}.json"
@@ -93,3 +92,92 @@ def world_table(metrics: dict) -> str:
     rows += [(f"out-of-set rate, {f}", f"{v:.2f}") for f, v in metrics["base_oos_rate"].items()]
     body = "\n".join(f"{k} & {v} \\\\" for k, v in rows)
     return "\\begin{tabular}{lr}\n\\toprule\n" + body + "\n\\bottomrule\n\\end{tabular}\n"
+
+
+MD_RATES = {"in_set": "in-set", "out_of_set": "out-of-set", "retain_neighbors": "neighbours",
+            "retain_all": "retain"}
+
+
+def _rate(r: pd.Series, col: str) -> str:
+    """A rate with its interval, compactly: `0.75 (0.60-0.86)`."""
+    return f"{r[col]:.2f} ({r[f'{col}_lo']:.2f}-{r[f'{col}_hi']:.2f})"
+
+
+def _missed(r: pd.Series) -> str:
+    """The targets an erased row misses, starred where the miss lies within sampling noise."""
+    if r.method == "base":
+        return ""
+    missed, clear = ("" if pd.isna(v) else str(v).split() for v in (r.missed, r.missed_clearly))
+    return ", ".join(MD_RATES[m] + ("" if m in clear else "*") for m in missed) or "none"
+
+
+def markdown_table(table: pd.DataFrame, targets: ReportParams) -> str:
+    """The erase table (from `erase_table`) as a markdown table: one row per (family, method), the base row
+    first, every rate with its interval, and a footnote stating the targets behind the last column."""
+    head = ["family", "method", *(f"{v} {'↓' if k in ('in_set', 'out_of_set') else '↑'}" for k, v in MD_RATES.items()),
+            "world-FID ↓", "seconds", "targets missed"]
+    align = ["---", "---", *["--:"] * 6, "---"]  # numbers right-aligned
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for _, r in table.iterrows():
+        secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
+        cells = [r.concept, r.method, *(_rate(r, c) for c in MD_RATES), f"{r.world_fid:.1f}", secs, _missed(r)]
+        lines.append("| " + " | ".join(cells) + " |")
+    conf = f"{targets.confidence:.0%}"
+    note = (f"\nRates are shares of judged images, each with its {conf} Wilson interval. Targets: in-set <= "
+            f"{targets.in_set_max:g}, out-of-set <= {targets.out_of_set_max:g}, neighbours >= {targets.neighbors_min:g}"
+            f" x base, retain (other concepts) >= {targets.retain_all_min:g} x base; * marks a miss within sampling"
+            " noise (the interval reaches the target). World-FID is measured on fewer images per row than in the"
+            " world table, so compare it within this table. Seconds: one erase on the machine that ran it.\n")
+    return "\n".join(lines) + "\n" + note
+
+
+def world_markdown(metrics: dict) -> str:
+    """The world's numbers (`data/metrics/world.json`: judge, base model, pretraining) as a markdown table."""
+    pair = "{:.4f} / {:.4f}".format
+    oos = sorted(metrics["base_oos_rate"].items(), key=lambda kv: -kv[1])
+    rows = [("concepts (each in both styles)", f"{metrics['n_concepts']}"),
+            ("judge accuracy, held-out renders (concept / style)",
+             pair(metrics["judge_concept_acc"], metrics["judge_style_acc"])),
+            ("base model, in-set prompts (concept / style accuracy)",
+             "{:.3f} / {:.3f}".format(metrics["base_concept_acc"], metrics["base_style_acc"])),
+            ("base model, out-of-set prompts (rate the family is drawn)",
+             ", ".join(f"{f} {v:.2f}" for f, v in oos)),
+            ("world-FID of the base model (judge features)", f"{metrics['world_fid']:.2f}")]
+    if "pretrain_seconds" in metrics:
+        extra = [f"{metrics['unet_parameters'] / 1e6:.1f} M-parameter UNet" if "unet_parameters" in metrics else "",
+                 metrics.get("precision", ""), metrics.get("pretrain_hardware", "")]
+        rows.append(("pretraining", ", ".join([f"{metrics['pretrain_seconds'] / 60:.1f} min", *filter(None, extra)])))
+    return "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows) + "\n"
+
+
+def sync_block(text: str, name: str, block: str) -> str:
+    """`text` with the lines between `<!-- {name}:start -->` and `<!-- {name}:end -->` replaced by `block`."""
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if text.count(start) != 1 or text.count(end) != 1 or text.index(start) > text.index(end):
+        raise ValueError(f"expected one {start} ... {end} pair of markers, in that order")
+    head, rest = text.split(start)
+    _, tail = rest.split(end)
+    return f"{head}{start}\n{block.strip(chr(10))}\n{end}{tail}"
+
+
+README_BLOCKS = {"world-table": "paper/generated/world_table.md", "erase-table": "paper/generated/erase_table.md"}
+
+
+def sync_readme(readme: str | Path = "README.md") -> bool:
+    """Copy the generated tables (paths relative to the README's folder) into its marked blocks, atomically;
+    True if the README changed."""
+    readme = Path(readme)
+    text = new = readme.read_text(encoding="utf-8")
+    for name, path in README_BLOCKS.items():
+        new = sync_block(new, name, (readme.parent / path).read_text(encoding="utf-8"))
+    if new != text:
+        save_text(new, readme)
+    return new != text
+
+
+if __name__ == "__main__":
+    import sys
+
+    if sys.argv[1:] != ["--sync-readme"]:
+        sys.exit("usage: python -m cdc.report --sync-readme  (copies paper/generated/*_table.md into README.md)")
+    print("README.md updated" if sync_readme() else "README.md already in sync")

@@ -11,6 +11,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cdc.bundle import ModelBundle
+from cdc.errors import CdcError
+from cdc.params import SampleParams
 from cdc.system import resolve_precision
 
 
@@ -18,23 +20,20 @@ def sample(
     bundle: ModelBundle,
     prompts: Sequence[str],
     seeds: Sequence[int],
+    cfg: SampleParams,
     *,
-    steps: int = 30,
-    guidance: float = 1.5,
-    eta: float = 1.0,
-    batch_size: int = 64,
     unet: nn.Module | None = None,
     progress: bool = True,
-    negative_prompt: str = "",
-    precision: str = "fp32",
 ) -> np.ndarray:
     """Generate one image per (prompt, seed): uint8 (B, H, W, 3).
 
     Image i depends only on (prompts[i], seeds[i]): its initial latent and every DDIM eta-noise draw
     come from its own CPU generator seeded with seeds[i], so batch size and batch mates do not matter
     (up to float round-off of batched kernels). `unet` overrides the bundle's UNet (e.g. LoRA-wrapped).
-    guidance == 1 skips the unconditional pass; eta = 0 is deterministic DDIM, eta = 1 ancestral-like.
-    precision: "fp32", "bf16" (a float32 UNet runs under bf16 autocast) or "auto" (see `resolve_precision`).
+    cfg is the `sample` section: DDIM steps, guidance (1 skips the unconditional pass), eta (0 is
+    deterministic DDIM, 1 ancestral-like), batch_size and precision ("fp32", "bf16": a float32 UNet under
+    bf16 autocast, or "auto": see `resolve_precision`); its seed is not used here (seeds are per image).
+    A non-finite latent (a LoRA with NaN weights, say) raises CdcError instead of giving black images.
     """
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [int(s) for s in seeds]
@@ -42,22 +41,17 @@ def sample(
         raise ValueError("sample: the prompt list is empty")
     if len(seeds) != len(prompts):
         raise ValueError(f"sample: got {len(prompts)} prompts but {len(seeds)} seeds (need one seed per prompt)")
-    if steps < 1 or batch_size < 1:
-        raise ValueError(f"sample: steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
-    if guidance < 0 or eta < 0:
-        raise ValueError(f"sample: guidance and eta must be >= 0, got guidance={guidance}, eta={eta}")
     model = unet if unet is not None else bundle.unet
-    autocast = resolve_precision(precision, bundle.device) == "bf16" and bundle.dtype == torch.float32
+    autocast = resolve_precision(cfg.precision, bundle.device) == "bf16" and bundle.dtype == torch.float32
     scheduler = DDIMScheduler.from_config(bundle.scheduler.config)
-    scheduler.set_timesteps(steps, device=bundle.device)
+    scheduler.set_timesteps(cfg.steps, device=bundle.device)
     chunks = []
-    starts = range(0, len(prompts), batch_size)
+    starts = range(0, len(prompts), cfg.batch_size)
     with torch.inference_mode():
         for i in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
-            chunk = slice(i, i + batch_size)
+            chunk = slice(i, i + cfg.batch_size)
             chunks.append(
-                _sample_batch(bundle, model, scheduler, prompts[chunk], seeds[chunk], guidance, eta, negative_prompt,
-                              autocast)
+                _sample_batch(bundle, model, scheduler, prompts[chunk], seeds[chunk], cfg.guidance, cfg.eta, autocast)
             )
     return np.concatenate(chunks)
 
@@ -70,7 +64,6 @@ def _sample_batch(
     seeds: list[int],
     guidance: float,
     eta: float,
-    negative_prompt: str,
     autocast: bool,
 ) -> np.ndarray:
     """DDIM loop for one batch; latents are kept in float32, the UNet runs in its own dtype (or bf16 autocast)."""
@@ -83,7 +76,7 @@ def _sample_batch(
     context = bundle.text.encode(prompts).to(device=device, dtype=dtype)  # (B, L, D)
     use_cfg = guidance != 1.0
     if use_cfg:
-        uncond = bundle.text.encode([negative_prompt]).to(device=device, dtype=dtype)
+        uncond = bundle.text.encode([""]).to(device=device, dtype=dtype)
         context = torch.cat([uncond.expand_as(context), context])  # (2B, L, D)
     for t in scheduler.timesteps:
         x = torch.cat([latents, latents]) if use_cfg else latents
@@ -95,6 +88,9 @@ def _sample_batch(
             out = out_uncond + guidance * (out_cond - out_uncond)
         noise = _noise(gens, shape, device) if eta > 0 else None
         latents = scheduler.step(out, t, latents, eta=eta, variance_noise=noise).prev_sample
+    if not torch.isfinite(latents).all():
+        raise CdcError("sampling produced non-finite latents (NaN or inf): the UNet or its LoRA holds non-finite "
+                       "weights, or the sampler settings overflow")
     images = bundle.codec.decode(latents.to(dtype)).float()  # (B, 3, H, W) in [-1, 1]
     return to_uint8(images)
 

@@ -8,7 +8,8 @@ import typing
 
 import torch
 
-from cdc.params import Precision
+# How a float32 UNet runs: auto = bf16 autocast where the hardware has native bf16, else fp32.
+Precision = typing.Literal["auto", "fp32", "bf16"]
 
 
 def hardware() -> str:
@@ -52,3 +53,18 @@ def resolve_precision(precision: str, device: str | torch.device) -> str:
     if precision == "auto":
         return "bf16" if native_bf16(device) else "fp32"
     return precision
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """A torch device that exists here: None -> cuda when available, else cpu; ValueError for anything else."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise ValueError(f"unknown device {device!r} (use cpu, cuda or cuda:N)") from e
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"device {device} is not available on this machine (use cpu)")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device type {device.type!r} is not supported (use cpu or cuda)")
+    return device

@@ -1,4 +1,4 @@
-"""Issue 4's targets for an erased model, and binomial intervals on the rates they are judged by."""
+"""What counts as a successful erasure, and binomial intervals on the rates it is judged by."""
 
 from __future__ import annotations
 

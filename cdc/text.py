@@ -66,33 +66,11 @@ class TextEncoder:
         )
         return Tokens(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
 
-    def token_embeddings(self) -> nn.Embedding:
-        """The input token-embedding table (what embedding-space attacks perturb)."""
-        return self.model.get_input_embeddings()
-
     def encode(self, prompts: list[str]) -> Tensor:
         """Prompts -> context (B, L, D), no gradient."""
         tokens = self.tokenize(prompts)
         with torch.no_grad():
             return self._context(tokens)
-
-    def encode_embeddings(self, inputs_embeds: Tensor, tokens: Tokens) -> Tensor:
-        """Context from given token embeddings (B, L, D_tok) instead of the table lookup; keeps gradients.
-
-        `tokens` supplies the attention mask and the ids the model needs for shapes/pooling; its
-        token-embedding lookup output is replaced by `inputs_embeds` through a forward hook, so this
-        works for any HF text model without touching its internals.
-        """
-        table = self.token_embeddings()
-        if inputs_embeds.shape[:2] != tokens.input_ids.shape:
-            raise ValueError(
-                f"inputs_embeds {tuple(inputs_embeds.shape)} does not match token ids {tuple(tokens.input_ids.shape)}"
-            )
-        handle = table.register_forward_hook(lambda _m, _i, _o: inputs_embeds.to(_o.dtype))
-        try:
-            return self._context(tokens)
-        finally:
-            handle.remove()
 
     def _context(self, tokens: Tokens) -> Tensor:
         """Run the model on tokens and build the context (B, L, D)."""
@@ -109,7 +87,7 @@ class MiniLMEncoder(TextEncoder):
     Context is (B, max_length + 1, 384).
     """
 
-    def __init__(self, path: str | Path | None = None, max_length: int = 24, pooled_scale: float = 8.0) -> None:
+    def __init__(self, max_length: int, pooled_scale: float, path: str | Path | None = None) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         if path is None:
@@ -142,12 +120,6 @@ class MiniLMEncoder(TextEncoder):
         hidden, mask = self._hidden(tokens)
         pooled = self.pooled_scale * self._pool(hidden, mask)  # (B, D)
         return torch.cat([hidden, pooled.unsqueeze(1)], dim=1)
-
-    def pooled(self, prompts: list[str]) -> Tensor:
-        """Normalised sentence embeddings (B, 384), no gradient."""
-        tokens = self.tokenize(prompts)
-        with torch.no_grad():
-            return self._pool(*self._hidden(tokens))
 
 
 class ClipEncoder(TextEncoder):

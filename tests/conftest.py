@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random model bundles for both presets, built offline."""
+"""Shared fixtures: the smoke params and tiny random model bundles for both presets, built offline."""
 
 from __future__ import annotations
 
@@ -10,8 +10,29 @@ from pathlib import Path
 import pytest
 import torch
 
-import cdc.bundle
-from cdc.bundle import ModelBundle, load_bundle
+from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler, make_world_unet
+from cdc.codec import SpaceToDepthCodec
+from cdc.io import save_text
+from cdc.params import Params, load_params, read_yaml
+from cdc.text import MiniLMEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "tests" / "smoke.yaml"
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` applied key by key (nested mappings merged, anything else replaced)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def write_smoke_params(path: Path) -> Path:
+    """The committed params.yaml with tests/smoke.yaml's `params` on top, written to `path` (YAML is JSON)."""
+    merged = merge(read_yaml(REPO / "params.yaml"), read_yaml(SMOKE)["params"])
+    save_text(json.dumps(merged, indent=1), path)
+    return path
 
 
 def _byte_chars() -> list[str]:
@@ -89,9 +110,16 @@ def build_tiny_sd_folder(root: Path) -> Path:
     return folder
 
 
-def build_tiny_world_bundle() -> ModelBundle:
-    """MiniLM context + a tiny random world UNet on 32x32 images folded to 16x16x12."""
-    return cdc.bundle.tiny_world_bundle()
+def build_tiny_world_bundle(device: str | torch.device = "cpu") -> ModelBundle:
+    """MiniLM context + a tiny random world UNet (seeded) on 32x32 images folded to 16x16x12."""
+    codec = SpaceToDepthCodec(2)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = make_world_unet(16, codec.channels, (32, 64), (False, True), layers_per_block=1, attention_head_dim=8)
+    text = read_yaml(REPO / "params.yaml")["pretrain"]  # the world model's context: MiniLM length and scale
+    encoder = MiniLMEncoder(text["max_length"], text["pooled_scale"]).to(device)
+    return ModelBundle(text=encoder, unet=unet.to(device).eval(), scheduler=make_world_scheduler(), codec=codec,
+                       preset="world")
 
 
 def save_random_lora_to(unet: torch.nn.Module, folder: Path, seed: int = 0) -> torch.nn.Module:
@@ -118,6 +146,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def smoke_params_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke params file (params.yaml with tests/smoke.yaml's overrides), written once per session."""
+    return write_smoke_params(tmp_path_factory.mktemp("params") / "params.yaml")
+
+
+@pytest.fixture(scope="session")
+def smoke_params(smoke_params_path: Path) -> Params:
+    """The smoke params, loaded and validated like params.yaml."""
+    return load_params(smoke_params_path)
 
 
 @pytest.fixture(scope="session")

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
-from cdc.bundle import apply_lora, load_bundle, make_world_unet, save_world_bundle
+from cdc.bundle import load_bundle, make_world_unet, save_world_bundle
 from cdc.codec import SpaceToDepthCodec, codec_from_config
+from cdc.errors import CdcError, LoraError
+from cdc.lora_io import load_lora
 
 
 def _unet_out(unet: torch.nn.Module, bundle, seed: int = 0) -> torch.Tensor:
@@ -49,6 +52,26 @@ def test_unknown_preset_and_missing_folders(tmp_path: Path) -> None:
         load_bundle("sd", tmp_path / "no-sd")
     with pytest.raises(FileNotFoundError, match="missing: tokenizer"):
         load_bundle("sd", tmp_path / "partial")
+
+
+def test_bad_device_is_rejected(tiny_world_bundle, tmp_path: Path) -> None:
+    save_world_bundle(tiny_world_bundle, tmp_path / "world")
+    with pytest.raises(ValueError, match="unknown device"):
+        load_bundle("world", tmp_path / "world", device="gpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="not available"):
+            load_bundle("world", tmp_path / "world", device="cuda:0")
+    with pytest.raises(ValueError, match="not supported"):
+        load_bundle("world", tmp_path / "world", device="meta")
+
+
+@pytest.mark.parametrize("broken", ["unet/diffusion_pytorch_model.safetensors", "unet/config.json"])
+def test_corrupt_world_folder_is_a_cdc_error(broken: str, tiny_world_bundle, tmp_path: Path) -> None:
+    out = tmp_path / "world"
+    save_world_bundle(tiny_world_bundle, out)
+    (out / broken).write_bytes(b"\x00garbage, not a model file\xff" * 8)
+    with pytest.raises(CdcError, match=re.escape(f"world model folder {out} could not be read")):
+        load_bundle("world", out)
 
 
 def test_make_world_unet_validates() -> None:
@@ -97,22 +120,22 @@ def test_encode_from_embeddings_has_gradients(which, tiny_world_bundle, tiny_sd_
     torch.testing.assert_close(text.encode(["a church", "a fish"]), ctx.detach())
 
 
-def test_apply_lora(tiny_world_bundle, save_random_lora: Callable, tmp_path: Path) -> None:
+def test_load_lora(tiny_world_bundle, save_random_lora: Callable, tmp_path: Path) -> None:
     base = tiny_world_bundle.unet
     adapted = save_random_lora(base, tmp_path / "lora")
     assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
     fresh = copy.deepcopy(base)
-    apply_lora(fresh, tmp_path / "lora")
+    load_lora(fresh, tmp_path / "lora")
     out = _unet_out(fresh, tiny_world_bundle)
     torch.testing.assert_close(out, _unet_out(adapted, tiny_world_bundle))
     assert not torch.allclose(out, _unet_out(base, tiny_world_bundle))
     with pytest.raises(FileNotFoundError, match="LoRA weights not found"):
-        apply_lora(copy.deepcopy(base), tmp_path / "nowhere")
+        load_lora(copy.deepcopy(base), tmp_path / "nowhere")
 
 
-def test_apply_lora_from_another_model(
+def test_load_lora_from_another_model(
     tiny_world_bundle, tiny_sd_bundle, save_random_lora: Callable, tmp_path: Path
 ) -> None:
     save_random_lora(tiny_sd_bundle.unet, tmp_path / "sd-lora")
-    with pytest.raises(ValueError, match="does not fit"):
-        apply_lora(copy.deepcopy(tiny_world_bundle.unet), tmp_path / "sd-lora")
+    with pytest.raises(LoraError, match="does not fit"):
+        load_lora(copy.deepcopy(tiny_world_bundle.unet), tmp_path / "sd-lora")

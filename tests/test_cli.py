@@ -11,9 +11,15 @@ import pytest
 from PIL import Image
 
 from cdc.bundle import save_world_bundle
-from cdc.cli import main
+from cdc.cli import build_parser, main, sampler_settings
+from cdc.params import load_section
 
-FAST = ["--steps", "2", "--quiet", "--device", "cpu"]
+FAST: list[str] = []  # set by the autouse fixture below: the smoke params, 2 sampler steps, quiet, CPU
+
+
+@pytest.fixture(autouse=True)
+def fast(smoke_params_path: Path) -> None:
+    FAST[:] = ["--params", str(smoke_params_path), "--steps", "2", "--quiet", "--device", "cpu"]
 
 
 @pytest.fixture(scope="module")
@@ -196,3 +202,130 @@ def test_judge_bad_input(judge_dir: Path, tmp_path: Path, capsys: pytest.Capture
     assert "d_broken.png is not a readable image" in capsys.readouterr().err
     assert main(["judge", "--judge", str(tmp_path / "nojudge"), "--images", str(folder), "--quiet"]) == 2
     assert "dvc repro judge" in capsys.readouterr().err
+
+
+def test_generate_defaults_are_the_sample_section() -> None:
+    args = build_parser().parse_args(["generate", "--prompt", "a", "--out", "o"])
+    assert args.params == "params.yaml"
+    assert sampler_settings(args) == load_section("sample", "params.yaml")
+    args = build_parser().parse_args(["generate", "--prompt", "a", "--out", "o", "--steps", "7", "--eta", "0"])
+    cfg = sampler_settings(args)
+    assert (cfg.steps, cfg.eta, cfg.guidance) == (7, 0.0, load_section("sample", "params.yaml").guidance)
+
+
+def test_generate_without_sampler_flags_is_the_pipeline_sampler(
+    world_dir: Path, smoke_params_path: Path, smoke_params, tmp_path: Path
+) -> None:
+    from cdc.bundle import load_bundle
+    from cdc.sampler import sample
+
+    out = tmp_path / "gen"
+    args = ["generate", "--model", str(world_dir), "--params", str(smoke_params_path), "--prompt", "a church",
+            "--prompt", "a fish", "--n", "2", "--quiet", "--device", "cpu", "--out", str(out)]
+    assert main(args) == 0
+    seed = smoke_params.sample.seed
+    expected = sample(load_bundle("world", world_dir), ["a church"] * 2 + ["a fish"] * 2,
+                      [seed, seed + 1] * 2, smoke_params.sample, progress=False)
+    files = [r["file"] for r in json.loads((out / "prompts.json").read_text())["images"]]
+    got = np.stack([np.asarray(Image.open(out / f)) for f in files])
+    np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--guidance", "nan"], "guidance must be finite"),
+    (["--guidance", "inf"], "guidance must be finite"),
+    (["--guidance", "-1"], "guidance must be >= 0"),
+    (["--eta", "5"], "eta must be in [0, 1]"),
+    (["--steps", "0"], "steps must be >= 1"),
+    (["--device", "cdu"], "unknown device"),
+    (["--device", "cuda:7"], "not available"),
+])
+def test_generate_refuses_values_that_cannot_run(
+    world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    out = tmp_path / "gen"
+    assert main(["generate", "--model", str(world_dir), "--prompt", "a", "--out", str(out), *FAST, *flags]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_generate_refuses_out_that_is_a_file_before_sampling(
+    world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    assert main(["generate", "--model", str(world_dir), "--prompt", "a", "--out", str(out), *FAST]) == 2
+    assert "notes.txt" in capsys.readouterr().err and out.read_text() == "mine"
+
+
+def _cdc_lora(bundle, folder: Path, nan: bool = False) -> None:
+    """A LoRA saved by cdc (with its config) for `bundle`'s UNet, non-zero, optionally NaN."""
+    import copy
+
+    import torch
+
+    from cdc.lora_io import save_lora
+    from cdc.methods.lora import add_lora, lora_parameters
+
+    unet = add_lora(copy.deepcopy(bundle.unet), "xattn-kv", 2, None, 0)
+    with torch.no_grad():
+        for p in lora_parameters(unet):
+            p.fill_(float("nan") if nan else 0.1)
+    save_lora(unet, folder, {"method": "test"})
+
+
+def test_generate_refuses_a_lora_for_other_base_weights(
+    tiny_world_bundle, world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import copy
+
+    import torch
+
+    other = copy.deepcopy(tiny_world_bundle)
+    with torch.no_grad():
+        for p in other.unet.parameters():
+            p.add_(0.01)
+    _cdc_lora(other, tmp_path / "lora")
+    args = ["generate", "--model", str(world_dir), "--prompt", "a", "--n", "1", "--lora", str(tmp_path / "lora"), *FAST]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 2
+    assert "other base weights" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    with pytest.warns(UserWarning, match="loading it anyway"):
+        assert main([*args, "--out", str(tmp_path / "b"), "--allow-other-base"]) == 0
+
+
+def test_generate_refuses_a_nan_lora(
+    tiny_world_bundle, world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _cdc_lora(tiny_world_bundle, tmp_path / "lora", nan=True)
+    out = tmp_path / "gen"
+    args = ["generate", "--model", str(world_dir), "--prompt", "a", "--lora", str(tmp_path / "lora"), "--out", str(out)]
+    assert main([*args, *FAST]) == 2
+    assert "non-finite" in capsys.readouterr().err and not out.exists()
+
+
+def test_judge_out_naming_the_image_folder_deletes_nothing(
+    judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "a.png")
+    args = ["judge", "--judge", str(judge_dir), "--images", str(folder), "--out", str(folder), "--quiet"]
+    assert main([*args, "--device", "cpu"]) == 2
+    assert str(folder) in capsys.readouterr().err
+    assert [p.name for p in folder.iterdir()] == ["a.png"]
+
+
+def test_sd_hub_id_offline_fails_at_once(tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch) -> None:
+    import time
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    start = time.perf_counter()
+    args = ["generate", "--preset", "sd", "--model", "nobody/no-such-model", "--prompt", "a",
+            "--out", str(tmp_path / "o")]
+    assert main([*args, *FAST]) == 2
+    assert "not in the Hugging Face cache" in capsys.readouterr().err
+    assert time.perf_counter() - start < 10

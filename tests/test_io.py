@@ -2,13 +2,31 @@
 
 import errno
 import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from cdc.io import atomic_path, canonicalize_safetensors, load_json, save_image, save_json, save_npz, save_text
+import cdc.io
+from cdc.io import (
+    OutputKindError,
+    atomic_path,
+    canonicalize_safetensors,
+    check_output,
+    load_json,
+    save_image,
+    save_json,
+    save_npz,
+    save_text,
+)
 
 
 def leftovers(folder: Path) -> list[str]:
@@ -146,3 +164,202 @@ def test_canonical_safetensors_bytes_do_not_depend_on_header_order(tmp_path):
     assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
     with safe_open(str(files[1]), "pt") as f:
         assert f.metadata() == meta
+
+
+def test_file_never_replaces_directory(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "0000.png").write_bytes(b"png")
+    with pytest.raises(OutputKindError, match=r"images: it exists as a directory and the output is a file"):
+        save_text("file,concept\n", images)
+    assert leftovers(images) == ["0000.png"] and leftovers(tmp_path) == ["images"]
+
+
+def test_directory_never_replaces_file(tmp_path):
+    target = tmp_path / "report.ipynb"
+    target.write_text("keep")
+    with pytest.raises(OutputKindError, match=r"report\.ipynb: it exists as a file and the output is a directory"):
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            (tmp / "a.bin").write_text("a")
+    assert target.read_text() == "keep" and leftovers(tmp_path) == ["report.ipynb"]
+
+
+def test_kind_given_is_checked_before_the_body_runs(tmp_path):
+    (tmp_path / "out").mkdir()
+    ran = []
+    with pytest.raises(OutputKindError, match="out"), atomic_path(tmp_path / "out", kind="file"):
+        ran.append(True)
+    assert ran == [] and leftovers(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize(("existing", "kind"), [("dir", "file"), ("file", "dir")])
+def test_check_output_rejects_the_other_kind(tmp_path, existing, kind):
+    path = tmp_path / "x"
+    path.mkdir() if existing == "dir" else path.write_text("x")
+    with pytest.raises(OutputKindError, match=re.escape(str(path))):
+        check_output(path, kind)
+
+
+def test_check_output_accepts_same_kind_and_new_paths(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "f").write_text("x")
+    assert check_output(tmp_path / "d", "dir") == tmp_path / "d"
+    assert check_output(str(tmp_path / "f"), "file") == tmp_path / "f"
+    assert check_output(tmp_path / "new" / "deeper" / "m.json", "file") == tmp_path / "new" / "deeper" / "m.json"
+    with pytest.raises(ValueError, match="kind must be"):
+        check_output(tmp_path / "d", "folder")
+
+
+def test_check_output_rejects_a_file_as_parent(tmp_path):
+    (tmp_path / "results").write_text("not a folder")
+    with pytest.raises(OutputKindError, match=r"m\.json: .*results is a file, not a directory"):
+        check_output(tmp_path / "results" / "sub" / "m.json", "file")
+    with pytest.raises(OutputKindError, match=r"results is a file"):
+        save_json({}, tmp_path / "results" / "m.json")
+    assert leftovers(tmp_path) == ["results"]
+
+
+def test_check_output_rejects_a_read_only_parent(tmp_path, monkeypatch):
+    # os.access is patched: the tests may run as root, for whom every folder is writable.
+    monkeypatch.setattr(cdc.io.os, "access", lambda path, mode: Path(path) != tmp_path)
+    with pytest.raises(PermissionError, match=re.escape(f"{tmp_path / 'new' / 'm.json'}: {tmp_path} is not writable")):
+        check_output(tmp_path / "new" / "m.json", "file")
+
+
+def test_nan_is_not_written_as_json(tmp_path):
+    for bad in (math.nan, np.float32("inf"), [1.0, -math.inf]):
+        with pytest.raises(ValueError, match=r"cannot write .*m\.json as JSON"):
+            save_json({"fid": bad}, tmp_path / "m.json")
+    assert leftovers(tmp_path) == []
+
+
+def test_load_json_rejects_bytes_that_are_not_utf8(tmp_path):
+    path = tmp_path / "m.json"
+    path.write_bytes(b'{"a": "\xff"}')
+    with pytest.raises(ValueError, match="m.json: invalid JSON"):
+        load_json(path)
+
+
+@pytest.mark.parametrize(
+    "blob",
+    [b"", b"\x05\x00", (1000).to_bytes(8, "little") + b"{}", (4).to_bytes(8, "little") + b"{oop",
+     (2).to_bytes(8, "little") + b"[]", (2).to_bytes(8, "little") + b"\xff\xfe"],
+)
+def test_corrupt_safetensors_names_the_file(tmp_path, blob):
+    path = tmp_path / "model.safetensors"
+    path.write_bytes(blob)
+    with pytest.raises(ValueError, match=r"model\.safetensors: not a safetensors file"):
+        canonicalize_safetensors(path)
+    assert path.read_bytes() == blob and leftovers(tmp_path) == ["model.safetensors"]
+
+
+def test_full_disk_in_a_directory_output_keeps_old_version(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "old.bin").write_text("old")
+
+    def no_space(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", no_space)
+    with pytest.raises(OSError, match=r"could not write .*model: .*No space left") as info:
+        with atomic_path(target) as tmp:
+            tmp.mkdir()
+            save_json({"a": 1}, tmp / "config.json")
+    assert info.value.errno == errno.ENOSPC
+    assert leftovers(tmp_path) == ["model"] and leftovers(target) == ["old.bin"]
+
+
+_HOLD_TMP_UNTIL_KILLED = """
+import sys, time
+from pathlib import Path
+from cdc.io import atomic_path
+with atomic_path(sys.argv[1]) as tmp:
+    if sys.argv[2] == "dir":
+        tmp.mkdir()
+        (tmp / "part.bin").write_bytes(b"x" * 1000)
+    else:
+        tmp.write_bytes(b"partial")
+    print(tmp, flush=True)
+    time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("kind", ["file", "dir"])
+def test_sigterm_removes_the_temporary(tmp_path, kind):
+    target = tmp_path / "out" / "model"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_TMP_UNTIL_KILLED, str(target), kind],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        tmp = Path(proc.stdout.readline().strip())
+        assert tmp.exists(), "the child did not write its temporary"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_sigterm_during_the_move_lets_it_finish(tmp_path, monkeypatch):
+    target = tmp_path / "model"
+    with atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "old.bin").write_text("old")
+    replace = os.replace
+
+    def replace_then_sigterm(src, dst):
+        replace(src, dst)
+        os.kill(os.getpid(), signal.SIGTERM)  # handled right after this call returns
+
+    monkeypatch.setattr(cdc.io.os, "replace", replace_then_sigterm)
+    with pytest.raises(SystemExit) as info, atomic_path(target) as tmp:
+        tmp.mkdir()
+        (tmp / "new.bin").write_text("new")
+    assert info.value.code == 128 + signal.SIGTERM
+    assert leftovers(tmp_path) == ["model"] and leftovers(target) == ["new.bin"]
+
+
+def _marker_handler(signum, frame):
+    """A SIGTERM handler that is recognisable when restored."""
+
+
+def test_sigterm_handlers_nest_and_are_restored(tmp_path):
+    before = signal.signal(signal.SIGTERM, _marker_handler)
+    try:
+        with atomic_path(tmp_path / "outer") as outer:
+            handler = signal.getsignal(signal.SIGTERM)
+            assert handler is not _marker_handler
+            outer.mkdir()
+            with atomic_path(outer / "inner.txt") as inner:
+                inner.write_text("x")
+            assert signal.getsignal(signal.SIGTERM) is handler
+            with pytest.raises(RuntimeError), atomic_path(outer / "failed.txt") as inner:
+                raise RuntimeError("boom")
+            assert signal.getsignal(signal.SIGTERM) is handler
+        assert signal.getsignal(signal.SIGTERM) is _marker_handler
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert leftovers(tmp_path / "outer") == ["inner.txt"]
+
+
+def test_atomic_path_works_outside_the_main_thread(tmp_path):
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        try:
+            save_text("x", tmp_path / "t.txt")
+        except BaseException as exc:  # reported to the main thread
+            errors.append(exc)
+
+    before = signal.getsignal(signal.SIGTERM)
+    thread = threading.Thread(target=write)
+    thread.start()
+    thread.join()
+    assert errors == [] and (tmp_path / "t.txt").read_text() == "x"
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -40,10 +41,10 @@ def tiny_world(n_concepts: int = 6, size: int = 32) -> tuple[np.ndarray, np.ndar
 
 
 @pytest.fixture(scope="module")
-def trained() -> tuple[JudgeNet, list[dict[str, float]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def trained(smoke_params) -> tuple[JudgeNet, list[dict[str, float]], tuple[np.ndarray, np.ndarray, np.ndarray]]:
     data = tiny_world()
-    judge, history = train_judge(*data, steps=60, batch_size=32, lr=5e-3, width=16, seed=0, progress=False,
-                                 log_every=10)
+    cfg = dataclasses.replace(smoke_params.judge, steps=60, batch_size=32, lr=5e-3, width=16, seed=0, log_every=10)
+    judge, history = train_judge(*data, cfg, progress=False)
     return judge, history, data
 
 
@@ -88,22 +89,25 @@ def test_judgenet_shapes() -> None:
     assert net.features(x).shape == (3, net.feature_dim) == (3, 32)
 
 
-def test_training_learns_and_is_deterministic(trained) -> None:  # noqa: ANN001
+def test_training_learns_and_is_deterministic(trained, smoke_params) -> None:  # noqa: ANN001
     judge, history, data = trained
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     acc = evaluate_judge(judge, *data, renders=4, seed=99)
     assert acc["concept_acc"] >= 0.9 and acc["style_acc"] >= 0.9
-    again, history2 = train_judge(*data, steps=5, batch_size=16, width=8, seed=3, progress=False, log_every=5)
-    again2, history3 = train_judge(*data, steps=5, batch_size=16, width=8, seed=3, progress=False, log_every=5)
+    small = dataclasses.replace(smoke_params.judge, steps=5, batch_size=16, width=8, seed=3, log_every=5)
+    again, history2 = train_judge(*data, small, progress=False)
+    again2, history3 = train_judge(*data, small, progress=False)
     assert history2[-1]["loss"] == history3[-1]["loss"]
     for p, q in zip(again.parameters(), again2.parameters()):
         assert torch.equal(p, q)
 
 
-def test_train_bad_labels() -> None:
+def test_train_bad_labels(smoke_params) -> None:  # noqa: ANN001
     images, concepts, styles = tiny_world(2)
     with pytest.raises(ValueError, match="labels"):
-        train_judge(images, concepts[:-1], styles, steps=1, progress=False)
+        train_judge(images, concepts[:-1], styles, dataclasses.replace(smoke_params.judge, steps=1), progress=False)
+    with pytest.raises(ValueError, match="steps"):
+        dataclasses.replace(smoke_params.judge, steps=0)
 
 
 def test_save_load_round_trip(trained, tmp_path: Path) -> None:  # noqa: ANN001

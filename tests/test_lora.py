@@ -10,9 +10,10 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
 
-from cdc.bundle import apply_lora
-from cdc.errors import CdcError
+from cdc.errors import CdcError, LoraError
+from cdc.lora_io import CONFIG_NAME, WEIGHT_NAME, load_lora, read_lora_config, save_lora
 from cdc.methods import lora as L
+from cdc.methods.hooks import route_grads
 
 
 def _inputs(unet, batch: int = 2, seed: int = 0):
@@ -63,18 +64,18 @@ def test_groups_pick_the_right_modules(world_unet):
 def test_add_lora_freezes_base_and_starts_as_identity(world_unet):
     inputs = _inputs(world_unet)
     base = _out(world_unet, inputs)
-    L.add_lora(world_unet, "xattn", rank=2, seed=3)
+    L.add_lora(world_unet, "xattn", 2, None, 3)
     trainable = [n for n, p in world_unet.named_parameters() if p.requires_grad]
     assert trainable and all(".lora_" in n for n in trainable)
     assert torch.equal(_out(world_unet, inputs), base)
     with pytest.raises(ValueError, match="already carries LoRA"):
-        L.add_lora(world_unet, "xattn")
+        L.add_lora(world_unet, "xattn", 2, None, 0)
 
 
 def test_same_seed_same_init(world_unet):
     a, b = copy.deepcopy(world_unet), world_unet
-    L.add_lora(a, seed=7)
-    L.add_lora(b, seed=7)
+    L.add_lora(a, "xattn-kv", 4, None, 7)
+    L.add_lora(b, "xattn-kv", 4, None, 7)
     assert all(torch.equal(p, q) for p, q in zip(L.lora_parameters(a), L.lora_parameters(b)))
 
 
@@ -104,7 +105,7 @@ def test_route_grads_equals_two_separate_backward_passes(world_unet):
     out = world_unet(x, t, encoder_hidden_states=ctx).sample
     ref_a = torch.autograd.grad(loss_a(out[:2]), params, retain_graph=True)
     ref_b = torch.autograd.grad(loss_b(out[2:]), params)
-    with L.route_grads(world_unet, params, n_first=2) as shadows:
+    with route_grads(world_unet, params, n_first=2) as shadows:
         out = world_unet(x, t, encoder_hidden_states=ctx).sample
     grads = torch.autograd.grad(loss_a(out[:2]) + loss_b(out[2:]), params + shadows)
     for r, g in zip(ref_a + ref_b, grads):
@@ -116,15 +117,15 @@ def test_save_load_round_trip_keeps_alpha(world_unet, tmp_path):
     fresh = copy.deepcopy(world_unet)
     _trained(world_unet, rank=4, alpha=8.0)
     want = _out(world_unet, inputs)
-    L.save_lora(world_unet, tmp_path / "lora", {"method": "doco", "params": {"lr": 1e-4}})
-    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [L.CONFIG_NAME, L.WEIGHT_NAME]
-    meta = L.load_lora_config(tmp_path / "lora")
+    save_lora(world_unet, tmp_path / "lora", {"method": "doco", "params": {"lr": 1e-4}})
+    assert sorted(p.name for p in (tmp_path / "lora").iterdir()) == [CONFIG_NAME, WEIGHT_NAME]
+    meta = read_lora_config(tmp_path / "lora")
     assert meta["method"] == "doco" and meta["lora"]["alpha"] == 8.0
     # Same weights, same bytes: the adapter metadata must not carry peft's set order (it varies by process).
-    with safe_open(str(tmp_path / "lora" / L.WEIGHT_NAME), "pt") as f:
+    with safe_open(str(tmp_path / "lora" / WEIGHT_NAME), "pt") as f:
         targets = json.loads(f.metadata()["lora_adapter_metadata"])["unet.target_modules"]
     assert targets == sorted(targets) and len(targets) > 1
-    L.load_lora(fresh, tmp_path / "lora")
+    load_lora(fresh, tmp_path / "lora")
     assert torch.allclose(_out(fresh, inputs), want, atol=1e-5)
     # ... and with plain diffusers, no cdc involved.
     plain = copy.deepcopy(L.remove_lora(fresh))
@@ -137,7 +138,7 @@ def test_sd_lora_loads_into_a_plain_diffusers_pipeline(group, tiny_sd_bundle, ti
     unet = copy.deepcopy(tiny_sd_bundle.unet)
     _trained(unet, group=group)
     inputs = _inputs(unet)
-    L.save_lora(unet, tmp_path / "sd-lora", {"method": "esd"})
+    save_lora(unet, tmp_path / "sd-lora", {"method": "esd"})
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder), local_files_only=True)
     assert not torch.allclose(_out(pipe.unet, inputs), _out(unet, inputs))
     pipe.load_lora_weights(str(tmp_path / "sd-lora"))
@@ -146,19 +147,51 @@ def test_sd_lora_loads_into_a_plain_diffusers_pipeline(group, tiny_sd_bundle, ti
 
 def test_lora_from_another_model_is_rejected(tiny_sd_bundle, world_unet, tmp_path):
     sd_unet = _trained(copy.deepcopy(tiny_sd_bundle.unet))
-    L.save_lora(sd_unet, tmp_path / "sd", {"method": "doco"})
-    with pytest.raises(CdcError, match="another model"):
-        L.load_lora(world_unet, tmp_path / "sd")
+    save_lora(sd_unet, tmp_path / "sd", {"method": "doco"})
+    with pytest.raises(LoraError, match="another model"):
+        load_lora(world_unet, tmp_path / "sd")
     # Same module names, different shapes: a world UNet with another context width.
     other = UNet2DConditionModel.from_config({**world_unet.config, "cross_attention_dim": 32})
-    L.save_lora(_trained(world_unet), tmp_path / "world", {"method": "doco"})
-    with pytest.raises(CdcError, match="another model"):
-        L.load_lora(other, tmp_path / "world")
-    with pytest.raises(CdcError, match="another model"):  # the path `cdc generate --lora` takes
-        apply_lora(other, tmp_path / "world")
+    save_lora(_trained(world_unet), tmp_path / "world", {"method": "doco"})
+    with pytest.raises(LoraError, match="another model"):
+        load_lora(other, tmp_path / "world")
+    assert issubclass(LoraError, CdcError)
+    # Without cdc_config.json the folder is a plain diffusers LoRA: the shape check still refuses it.
+    (tmp_path / "world" / CONFIG_NAME).unlink()
     with pytest.raises(FileNotFoundError, match="cdc_config.json"):
-        (tmp_path / "world" / L.CONFIG_NAME).unlink()
-        L.load_lora(other, tmp_path / "world")
+        read_lora_config(tmp_path / "world")
+    with pytest.raises(LoraError, match="another model"):
+        load_lora(other, tmp_path / "world")
+    assert "default" not in (getattr(other, "peft_config", None) or {})
+
+
+def test_lora_for_other_base_weights_is_refused_unless_allowed(world_unet, tmp_path):
+    inputs = _inputs(world_unet)
+    retrained = copy.deepcopy(world_unet)  # same architecture, other weights (another training run)
+    with torch.no_grad():
+        for p in retrained.parameters():
+            p.add_(0.01)
+    save_lora(_trained(world_unet), tmp_path / "lora", {"method": "doco"})
+    with pytest.raises(LoraError, match="allow_other_base"):
+        load_lora(retrained, tmp_path / "lora")
+    assert "default" not in (getattr(retrained, "peft_config", None) or {})
+    base = _out(retrained, inputs)
+    with pytest.warns(UserWarning, match="other base weights"):
+        load_lora(retrained, tmp_path / "lora", allow_other_base=True)
+    assert "default" in retrained.peft_config
+    assert not torch.allclose(_out(retrained, inputs), base)
+
+
+def test_lora_with_non_finite_weights_is_refused(world_unet, tmp_path):
+    fresh = copy.deepcopy(world_unet)
+    _trained(world_unet)
+    with torch.no_grad():
+        L.lora_parameters(world_unet)[0].view(-1)[0] = float("nan")
+    save_lora(world_unet, tmp_path / "lora", {"method": "doco"})
+    with pytest.raises(LoraError, match="non-finite"):
+        load_lora(fresh, tmp_path / "lora")
+    assert "default" not in (getattr(fresh, "peft_config", None) or {})
+    assert all(p.isfinite().all() for p in fresh.parameters())
 
 
 def test_interrupted_save_leaves_nothing(world_unet, tmp_path, monkeypatch):
@@ -169,5 +202,5 @@ def test_interrupted_save_leaves_nothing(world_unet, tmp_path, monkeypatch):
 
     monkeypatch.setattr(StableDiffusionPipeline, "save_lora_weights", boom)
     with pytest.raises(RuntimeError, match="disk gone"):
-        L.save_lora(world_unet, tmp_path / "lora", {})
+        save_lora(world_unet, tmp_path / "lora", {})
     assert list(tmp_path.iterdir()) == []

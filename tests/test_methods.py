@@ -10,11 +10,15 @@ import pytest
 import torch
 
 from cdc.errors import NaNLossError
-from cdc.methods import CaConfig, DocoConfig, EsdConfig, doco, esd, save_lora, train_ca, train_doco, train_esd
+from cdc.lora_io import save_lora
 from cdc.methods import ca as ca_mod
-from cdc.methods.lora import add_lora, lora_parameters
+from cdc.methods import doco, esd
+from cdc.methods.ca import train_ca
+from cdc.methods.doco import train_doco
+from cdc.methods.esd import train_esd
+from cdc.methods.lora import lora_parameters
 from cdc.methods.losses import add_noise, noisy_latents, pred_eps, pred_x0, target_for
-from cdc.methods.train import make_generator, make_optimizer, plain_lora_step
+from cdc.methods.train import make_generator
 
 TARGETS = ["a church", "a small church"]
 ANCHORS = ["a house", "a small house"]
@@ -36,16 +40,22 @@ def _latents(bundle, n: int = 4, seed: int = 0) -> torch.Tensor:
     return 0.5 * torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=g)
 
 
-def _run(method: str, bundle, **overrides):
+def _cfg(params, method: str, **overrides):
+    """The smoke params' config of `method` with the fast overrides, then `overrides`, applied."""
+    fast = DOCO_FAST if method == "doco" else FAST
+    return dataclasses.replace(getattr(params.erase, method), **{**fast, **overrides})
+
+
+def _run(method: str, bundle, params, **overrides):
     """Run one method for a few steps on a fresh copy of `bundle`."""
     bundle = _fresh(bundle)
     lat = _latents(bundle)
+    cfg = _cfg(params, method, **overrides)
     if method == "doco":
-        cfg = DocoConfig(**{**DOCO_FAST, **overrides})
         return bundle, *train_doco(bundle, TARGETS, ANCHORS, lat, cfg, progress=False)
     if method == "esd":
-        return bundle, *train_esd(bundle, TARGETS, lat, EsdConfig(**{**FAST, **overrides}), progress=False)
-    return bundle, *train_ca(bundle, TARGETS, ANCHORS, lat, CaConfig(**{**FAST, **overrides}), progress=False)
+        return bundle, *train_esd(bundle, TARGETS, lat, cfg, progress=False)
+    return bundle, *train_ca(bundle, TARGETS, ANCHORS, lat, cfg, progress=False)
 
 
 @pytest.fixture(params=["sd", "world"])
@@ -54,9 +64,9 @@ def bundle(request, tiny_sd_bundle, tiny_world_bundle):
 
 
 @pytest.mark.parametrize("method", ["doco", "esd", "ca"])
-def test_method_trains_only_the_lora(method, bundle):
+def test_method_trains_only_the_lora(method, bundle, smoke_params):
     base = {n: p.detach().clone() for n, p in bundle.unet.named_parameters()}
-    fresh, unet, history = _run(method, bundle)
+    fresh, unet, history = _run(method, bundle, smoke_params, log_every=1)
     assert unet is fresh.unet
     for name, p in unet.named_parameters():
         if ".lora_" in name:
@@ -80,8 +90,8 @@ def test_method_trains_only_the_lora(method, bundle):
         {"surgery": "sum", "detach_first_token": False, "lora_group": "full", "d_layers": 1, "log_every": 2},
     ],
 )
-def test_doco_switches_run(overrides, tiny_world_bundle):
-    _, _, history = _run("doco", tiny_world_bundle, **overrides)
+def test_doco_switches_run(overrides, tiny_world_bundle, smoke_params):
+    _, _, history = _run("doco", tiny_world_bundle, smoke_params, **{"log_every": 1, **overrides})
     assert [r["step"] for r in history] == ([2, 3] if overrides.get("log_every") else [1, 2, 3])
     assert math.isfinite(history[-1]["loss_adv"])
 
@@ -94,10 +104,11 @@ class ToyText:
         return torch.stack([v if "church" in p else -v for p in prompts])  # (B, 4, 384)
 
 
-def test_doco_discriminator_learns_then_generator_fools_it(tiny_world_bundle):
+def test_doco_discriminator_learns_then_generator_fools_it(tiny_world_bundle, smoke_params):
     bundle = dataclasses.replace(_fresh(tiny_world_bundle), text=ToyText())
-    cfg = DocoConfig(
-        steps=32, warmup_steps=24, batch_size=8, lr=1e-2, d_lr=2e-3, d_width=32, surgery="sum", prior_weight=0.0
+    cfg = dataclasses.replace(
+        smoke_params.erase.doco, steps=32, warmup_steps=24, batch_size=8, lr=1e-2, d_lr=2e-3, d_width=32,
+        surgery="sum", prior_weight=0.0, log_every=1,
     )
     lat = _latents(bundle, n=16, seed=1)
     _, history = train_doco(bundle, ["a church", "the church"], ["a house", "the house"], lat, cfg, progress=False)
@@ -109,24 +120,24 @@ def test_doco_discriminator_learns_then_generator_fools_it(tiny_world_bundle):
     assert sum(r["loss_adv"] for r in gen[-4:]) / 4 < gen[0]["loss_adv"] - 0.3
 
 
-def test_same_seed_same_lora(tiny_world_bundle):
-    runs = [_run("doco", tiny_world_bundle, seed=s)[1] for s in (3, 3, 4)]
+def test_same_seed_same_lora(tiny_world_bundle, smoke_params):
+    runs = [_run("doco", tiny_world_bundle, smoke_params, seed=s)[1] for s in (3, 3, 4)]
     a, b, c = ([p.detach() for p in lora_parameters(u)] for u in runs)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not all(torch.equal(x, z) for x, z in zip(a, c))
 
 
-def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path):
+def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path, smoke_params):
     bundle = _fresh(tiny_world_bundle)
     lat = _latents(bundle)
     lat[:] = float("nan")
     out = tmp_path / "lora"
     with pytest.raises(NaNLossError, match=r"step 1"):
-        unet, _ = train_doco(bundle, TARGETS, ANCHORS, lat, DocoConfig(**DOCO_FAST), progress=False)
+        unet, _ = train_doco(bundle, TARGETS, ANCHORS, lat, _cfg(smoke_params, "doco"), progress=False)
         save_lora(unet, out, {"method": "doco"})
     assert not out.exists()
     with pytest.raises(NaNLossError, match="ESD: loss"):
-        train_esd(_fresh(tiny_world_bundle), TARGETS, lat, EsdConfig(**FAST), progress=False)
+        train_esd(_fresh(tiny_world_bundle), TARGETS, lat, _cfg(smoke_params, "esd"), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -140,40 +151,35 @@ def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path):
         ("a church", "a house", "not one string"),
     ],
 )
-def test_bad_prompts_are_rejected(targets, anchors, match, tiny_world_bundle):
+def test_bad_prompts_are_rejected(targets, anchors, match, tiny_world_bundle, smoke_params):
     lat = _latents(tiny_world_bundle)
-    for train, cfg in ((train_doco, DocoConfig(**DOCO_FAST)), (train_ca, CaConfig(**FAST))):
+    for train, cfg in ((train_doco, _cfg(smoke_params, "doco")), (train_ca, _cfg(smoke_params, "ca"))):
         with pytest.raises(ValueError, match=match):
             train(tiny_world_bundle, targets, anchors, lat, cfg, progress=False)
     assert not getattr(tiny_world_bundle.unet, "peft_config", None)  # rejected before any change
 
 
-def test_bad_latents_and_config_are_rejected(tiny_world_bundle):
+def test_bad_latents_and_config_are_rejected(tiny_world_bundle, smoke_params):
     lat = _latents(tiny_world_bundle)
+    doco_cfg, esd_cfg = _cfg(smoke_params, "doco"), _cfg(smoke_params, "esd")
     with pytest.raises(ValueError, match="channels"):
-        train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat[:, :4], DocoConfig(**DOCO_FAST), progress=False)
-    with pytest.raises(ValueError, match="surgery mode"):
-        train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat, DocoConfig(**DOCO_FAST, surgery="proj"), progress=False)
+        train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat[:, :4], doco_cfg, progress=False)
+    # Unknown modes and loop sizes that cannot run are now refused when the config is built.
+    with pytest.raises(ValueError, match="surgery"):
+        dataclasses.replace(doco_cfg, surgery="proj")
     with pytest.raises(ValueError, match="d_input"):
-        train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat, DocoConfig(**DOCO_FAST, d_input="img"), progress=False)
+        dataclasses.replace(doco_cfg, d_input="img")
+    with pytest.raises(ValueError, match="warmup_steps"):
+        dataclasses.replace(doco_cfg, warmup_steps=doco_cfg.steps)
+    with pytest.raises(ValueError, match="steps"):
+        dataclasses.replace(esd_cfg, steps=0)
+    with pytest.raises(ValueError, match="lora_group"):
+        dataclasses.replace(esd_cfg, lora_group="everything")
     with pytest.raises(ValueError, match="target_prompts is empty"):
-        train_esd(tiny_world_bundle, [], lat, EsdConfig(**FAST), progress=False)
+        train_esd(tiny_world_bundle, [], lat, esd_cfg, progress=False)
     with pytest.raises(ValueError, match="prompt index"):
-        train_esd(tiny_world_bundle, TARGETS, lat, EsdConfig(**FAST), target_index=[0, 1, 2, 3], progress=False)
-
-
-def test_plain_lora_step(tiny_world_bundle):
-    bundle = _fresh(tiny_world_bundle)
-    add_lora(bundle.unet, "xattn-kv", 2)
-    params = lora_parameters(bundle.unet)
-    opt = make_optimizer(params, 1e-3)
-    ctx = bundle.text.encode(TARGETS)
-    gen = make_generator(0)
-    losses = [
-        plain_lora_step(bundle.unet, params, opt, bundle.scheduler, _latents(bundle, 2), ctx, gen) for _ in range(2)
-    ]
-    assert all(math.isfinite(x) for x in losses)
-    assert any(p.abs().sum() > 0 for n, p in bundle.unet.named_parameters() if ".lora_B." in n)
+        train_esd(tiny_world_bundle, TARGETS, lat, esd_cfg, target_index=[0, 1, 2, 3], progress=False)
+    assert not getattr(tiny_world_bundle.unet, "peft_config", None)
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])

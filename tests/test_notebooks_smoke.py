@@ -1,10 +1,10 @@
 """Every notebook runs top to bottom through cdc.notebook on the tiny configuration.
 
-tests/smoke_params.yaml maps a notebook stem to its papermill parameters, e.g.
-    01_world: {params_path: tests/params_smoke.yaml, out_dir: "{tmp}/world"}
+tests/smoke.yaml's `notebooks` maps a notebook stem to its papermill parameters, e.g.
+    01_world: {params_path: "{params}", out_dir: "{tmp}/world"}
 "{tmp}" becomes one folder shared by all notebooks of the run (so later notebooks can read what
-earlier ones wrote) and "{repo}" the repository root; notebooks run in number order with the
-repository root as working directory, as under DVC.
+earlier ones wrote), "{params}" the smoke params file and "{repo}" the repository root; notebooks run
+in number order with the repository root as working directory, as under DVC.
 """
 
 import sys
@@ -21,17 +21,17 @@ pytestmark = pytest.mark.notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-SMOKE = REPO / "tests" / "smoke_params.yaml"
+SMOKE = REPO / "tests" / "smoke.yaml"
 
 
-def substitute(value, tmp: Path):
-    """Replace {tmp} and {repo} in strings, recursively."""
+def substitute(value, tmp: Path, params: Path):
+    """Replace {tmp}, {params} and {repo} in strings, recursively."""
     if isinstance(value, str):
-        return value.replace("{tmp}", str(tmp)).replace("{repo}", str(REPO))
+        return value.replace("{tmp}", str(tmp)).replace("{params}", str(params)).replace("{repo}", str(REPO))
     if isinstance(value, list):
-        return [substitute(v, tmp) for v in value]
+        return [substitute(v, tmp, params) for v in value]
     if isinstance(value, dict):
-        return {k: substitute(v, tmp) for k, v in value.items()}
+        return {k: substitute(v, tmp, params) for k, v in value.items()}
     return value
 
 
@@ -40,17 +40,18 @@ def smoke_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("smoke")
 
 
-@pytest.mark.parametrize(
-    "path",
-    [pytest.param(p, id=p.stem) for p in NOTEBOOKS]
-    or [pytest.param(None, marks=pytest.mark.skip(reason="no notebooks in notebooks/ yet"))],
-)
-def test_notebook_runs(path, smoke_dir):
-    entries = read_yaml(SMOKE) if SMOKE.exists() else {}
-    if path.stem not in (entries or {}):
-        pytest.skip(f"no entry for {path.stem} in tests/smoke_params.yaml")
+def test_every_notebook_has_a_smoke_entry():
+    entries = read_yaml(SMOKE)["notebooks"]
+    assert NOTEBOOKS, "no numbered notebooks found"
+    assert sorted(entries) == [p.stem for p in NOTEBOOKS], "tests/smoke.yaml `notebooks` must list every notebook"
+
+
+@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in NOTEBOOKS])
+def test_notebook_runs(path, smoke_dir, smoke_params_path):
+    entries = read_yaml(SMOKE)["notebooks"]
+    assert path.stem in entries, f"no entry for {path.stem} in tests/smoke.yaml `notebooks`"
     out = smoke_dir / "executed" / path.name
-    run_notebook(path, out, substitute(entries[path.stem] or {}, smoke_dir), cwd=REPO)
+    run_notebook(path, out, substitute(entries[path.stem], smoke_dir, smoke_params_path), cwd=REPO)
     assert out.exists()
 
 

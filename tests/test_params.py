@@ -1,117 +1,207 @@
-"""Tests for cdc.params: YAML 1.2 floats, unknown keys, wrong types, nested sections."""
+"""Tests for cdc.params: YAML 1.2 floats, no defaults, unknown keys, wrong types, ranges, nested sections."""
 
-from dataclasses import dataclass, field
+import dataclasses
+import json
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 
 from cdc.errors import ParamsError
-from cdc.params import (
-    JudgeParams,
-    Params,
-    PretrainParams,
-    from_dict,
-    load_params,
-    load_section,
-    parse_yaml,
-)
+from cdc.params import Params, from_dict, load_params, load_section, parse_yaml, read_yaml, with_overrides
 
 REPO = Path(__file__).resolve().parents[1]
+NAN = "__nan__"  # stands for YAML's .nan, which JSON cannot write
 
 
 @dataclass(frozen=True)
 class Inner:
-    lr: float = 1.0
-    tags: list[str] = field(default_factory=list)
+    lr: float
+    tags: list[str]
 
 
 @dataclass(frozen=True)
 class Outer:
-    name: str = "x"
-    inner: Inner = field(default_factory=Inner)
-    by_key: dict[str, Inner] = field(default_factory=dict)
-    shape: tuple[int, int] = (1, 2)
-    limit: int | None = None
+    name: str
+    inner: Inner
+    items: list[Inner]
+    mode: Literal["a", "b"]
+    limit: int | None
 
 
-def write(tmp_path: Path, text: str) -> Path:
+def committed() -> dict:
+    """A fresh copy of the committed params.yaml as a dict."""
+    return read_yaml(REPO / "params.yaml")
+
+
+def changed(data: dict, dotted: str, value: Any) -> dict:
+    """`data` with the value at the dotted key set (created if absent)."""
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    node[last] = value
+    return data
+
+
+def removed(data: dict, dotted: str) -> dict:
+    """`data` without the dotted key."""
+    *parents, last = dotted.split(".")
+    node = data
+    for key in parents:
+        node = node[key]
+    del node[last]
+    return data
+
+
+def write(tmp_path: Path, data: dict | str) -> Path:
+    """Write a params file: a dict as JSON (YAML 1.2 reads JSON), a string as it is."""
     path = tmp_path / "params.yaml"
+    text = data if isinstance(data, str) else json.dumps(data, indent=1).replace(f'"{NAN}"', ".nan")
     path.write_text(text)
     return path
 
 
 def test_exponent_without_dot_is_a_float(tmp_path):
-    params = load_params(write(tmp_path, "judge:\n  lr: 1e-5\n"))
+    assert parse_yaml("lr: 1e-5")["lr"] == 1e-5 and isinstance(parse_yaml("lr: 1e-5")["lr"], float)
+    path = write(tmp_path, changed(committed(), "judge.lr", 1e-5))
+    assert "1e-05" in path.read_text()  # JSON writes it without a dot
+    params = load_params(path)
     assert isinstance(params.judge.lr, float) and params.judge.lr == 1e-5
     assert parse_yaml("a: yes")["a"] == "yes"  # YAML 1.2: not a bool
 
 
-def test_missing_sections_and_keys_use_defaults(tmp_path):
-    params = load_params(write(tmp_path, "judge:\n  steps: 7\n"))
-    assert params.judge == JudgeParams(steps=7)
-    assert params.pretrain == PretrainParams()
-    assert load_section("judge", tmp_path / "params.yaml").steps == 7
+def test_missing_sections_and_keys_are_errors(tmp_path):
+    with pytest.raises(ParamsError, match=r"params.yaml: missing key 'judge.steps'"):
+        load_params(write(tmp_path, removed(committed(), "judge.steps")))
+    with pytest.raises(ParamsError, match=r"missing key 'erase.doco.lam'"):
+        load_params(write(tmp_path, removed(committed(), "erase.doco.lam")))
+    with pytest.raises(ParamsError, match=r"missing key 'report'"):
+        load_params(write(tmp_path, removed(committed(), "report")))
+    # A partial file no longer falls back on defaults: there are none.
+    with pytest.raises(ParamsError, match="missing key"):
+        load_params(write(tmp_path, "judge:\n  steps: 7\n"))
+    with pytest.raises(ParamsError, match="missing key"):
+        load_section("judge", write(tmp_path, "judge:\n  steps: 7\n"))
+    assert load_section("judge", write(tmp_path, changed(committed(), "judge.steps", 7))).steps == 7
 
 
 def test_unknown_key_names_dotted_key_and_known_keys(tmp_path):
-    path = write(tmp_path, "judge:\n  lrr: 0.1\n")
+    path = write(tmp_path, changed(committed(), "judge.lrr", 0.1))
     with pytest.raises(ParamsError, match=r"params.yaml: unknown key 'judge.lrr' \(known: .*\blr\b"):
         load_params(path)
 
 
 def test_unknown_section(tmp_path):
     with pytest.raises(ParamsError, match="unknown section 'eraze'"):
-        load_params(write(tmp_path, "eraze:\n  lr: 0.1\n"))
+        load_params(write(tmp_path, changed(committed(), "eraze", {"lr": 0.1})))
     with pytest.raises(ParamsError, match="unknown params section 'nope'"):
-        load_section("nope", write(tmp_path, "{}\n"))
+        load_section("nope", write(tmp_path, committed()))
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
+    ("key", "value", "message"),
     [
-        ("judge:\n  steps: 1.5\n", r"'judge.steps': expected int, got float 1.5"),
-        ("judge:\n  steps: true\n", r"'judge.steps': expected int, got bool"),
-        ("judge:\n  lr: '1e-5'\n", r"'judge.lr': expected float, got str '1e-5'"),
-        ("world:\n  styles: twemoji\n", r"'world.styles': expected list\[str\], got str"),
-        ("world:\n  styles: [twemoji, 3]\n", r"'world.styles\[1\]': expected str, got int"),
-        ("pretrain:\n  cross_attention: [1, 0, 0]\n", r"'pretrain.cross_attention\[0\]': expected bool"),
-        ("judge: 3\n", r"'judge': expected a mapping"),
+        ("judge.steps", 1.5, r"'judge.steps': expected int, got float 1.5"),
+        ("judge.steps", True, r"'judge.steps': expected int, got bool"),
+        ("judge.lr", "1e-5", r"'judge.lr': expected float, got str '1e-5'"),
+        ("world.styles", "twemoji", r"'world.styles': expected list\[.*\], got str"),
+        ("world.styles", ["twemoji", 3], r"'world.styles\[1\]': expected one of 'twemoji', 'openmoji', got int"),
+        ("pretrain.cross_attention", [1, 0, 0], r"'pretrain.cross_attention\[0\]': expected bool"),
+        ("judge", 3, r"'judge': expected a mapping"),
     ],
 )
-def test_wrong_types_are_rejected(tmp_path, text, message):
+def test_wrong_types_are_rejected(tmp_path, key, value, message):
     with pytest.raises(ParamsError, match=message):
-        load_params(write(tmp_path, text))
+        load_params(write(tmp_path, changed(committed(), key, value)))
 
 
 def test_int_is_accepted_for_float(tmp_path):
-    lr = load_params(write(tmp_path, "judge:\n  lr: 1\n")).judge.lr
+    lr = load_params(write(tmp_path, changed(committed(), "judge.lr", 1))).judge.lr
     assert lr == 1.0 and isinstance(lr, float)
 
 
 def test_post_init_check_becomes_params_error(tmp_path):
     with pytest.raises(ParamsError, match="cross_attention has 2 entries"):
-        load_params(write(tmp_path, "pretrain:\n  cross_attention: [false, true]\n"))
-    with pytest.raises(ParamsError, match="'anchors'.*phrases must be 'all', 'names' or 'drawn'"):
-        load_params(write(tmp_path, "anchors:\n  phrases: aliases\n"))
-    with pytest.raises(ParamsError, match="min_drawn must lie in"):
-        load_params(write(tmp_path, "anchors:\n  min_drawn: 1.5\n"))
+        load_params(write(tmp_path, changed(committed(), "pretrain.cross_attention", [False, True])))
+    with pytest.raises(ParamsError, match=r"'anchors.phrases': expected one of 'all', 'names', 'drawn'"):
+        load_params(write(tmp_path, changed(committed(), "anchors.phrases", "aliases")))
+    with pytest.raises(ParamsError, match=r"'anchors': min_drawn must be in \[0, 1\]"):
+        load_params(write(tmp_path, changed(committed(), "anchors.min_drawn", 1.5)))
 
 
-def test_nested_dataclasses_dicts_tuples_optionals():
-    data = {"inner": {"lr": 2}, "by_key": {"a": {"tags": ["t"]}}, "shape": [3, 4], "limit": 5}
+def _steps(data: dict, section: str) -> int:
+    node = data
+    for key in section.split("."):
+        node = node[key]
+    return node["steps"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("judge.steps", -1, r"'judge': steps must be >= 1, got -1"),
+        ("erase.esd.steps", 0, r"'erase.esd': steps must be >= 1, got 0"),
+        ("erase.doco.lr", NAN, r"'erase.doco': lr must be finite, got nan"),
+        ("judge.lr", NAN, r"'judge': lr must be finite"),
+        ("pretrain.ema_decay", 1.5, r"'pretrain': ema_decay must be in \[0, 1\), got 1.5"),
+        ("sample.eta", 1.5, r"'sample': eta must be in \[0, 1\]"),
+        ("sample.guidance", -1.0, r"'sample': guidance must be >= 0"),
+        ("pretrain.warmup_steps", "steps", r"'pretrain': warmup_steps \(\d+\) must be < steps"),
+        ("erase.doco.warmup_steps", "steps", r"'erase.doco': warmup_steps \(\d+\) must be < steps"),
+        ("erase.concepts", [], r"'erase': concepts is empty"),
+        ("erase.concepts", ["church", "fish", "church"], r"'erase': concepts lists church more than once"),
+        ("erase.methods", [], r"'erase': methods is empty"),
+        ("erase.methods", ["doco", "uce"], r"'erase.methods\[1\]': expected one of 'doco', 'esd', 'ca', got str 'uce'"),
+        ("erase.doco.surgery", "proj", r"'erase.doco.surgery': expected one of 'pcgrad', 'cosine', 'sum'"),
+        ("erase.esd.lora_group", "everything", r"'erase.esd.lora_group': expected one of"),
+    ],
+)
+def test_values_out_of_range_name_the_key(tmp_path, key, value, message):
+    data = committed()
+    if value == "steps":  # a warm-up as long as the whole run
+        value = _steps(data, key.rsplit(".", 1)[0])
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, changed(data, key, value)))
+
+
+def test_nested_dataclasses_lists_literals_optionals():
+    data = {"name": "n", "inner": {"lr": 2, "tags": []}, "items": [{"lr": 1.0, "tags": ["t"]}], "mode": "b",
+            "limit": 5}
     outer = from_dict(Outer, data, "top")
-    assert outer.inner == Inner(lr=2.0) and outer.by_key["a"].tags == ["t"]
-    assert outer.shape == (3, 4) and outer.limit == 5
-    assert from_dict(Outer, {"limit": None}, "top").limit is None
-    with pytest.raises(ParamsError, match=r"unknown key 'top.by_key.a.lrr'"):
-        from_dict(Outer, {"by_key": {"a": {"lrr": 1}}}, "top")
-    with pytest.raises(ParamsError, match=r"'top.shape': expected 2 items"):
-        from_dict(Outer, {"shape": [1, 2, 3]}, "top")
+    assert outer.inner == Inner(lr=2.0, tags=[]) and outer.items[0].tags == ["t"]
+    assert outer.mode == "b" and outer.limit == 5
+    assert from_dict(Outer, {**data, "limit": None}, "top").limit is None
+    with pytest.raises(ParamsError, match=r"unknown key 'top.items\[0\].lrr'"):
+        from_dict(Outer, {**data, "items": [{"lrr": 1, "tags": []}]}, "top")
+    with pytest.raises(ParamsError, match=r"missing key 'top.inner.tags'"):
+        from_dict(Outer, {**data, "inner": {"lr": 1.0}}, "top")
+    with pytest.raises(ParamsError, match=r"'top.mode': expected one of 'a', 'b'"):
+        from_dict(Outer, {**data, "mode": "c"}, "top")
 
 
-def test_sections_are_frozen():
+def test_sections_are_frozen_and_check_replacements():
+    params = load_params(REPO / "params.yaml")
     with pytest.raises(AttributeError):
-        Params().judge.steps = 1  # type: ignore[misc]
+        params.judge.steps = 1  # type: ignore[misc]
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        dataclasses.replace(params.judge, steps=0)
+    with pytest.raises(ValueError, match="lr must be finite"):
+        dataclasses.replace(params.erase.doco, lr=float("nan"))
+
+
+def test_with_overrides_checks_like_params_yaml():
+    doco = load_params(REPO / "params.yaml").erase.doco
+    fast = with_overrides(doco, "steps=5 warmup_steps=1 lr=1e-4 surgery=pcgrad", "erase.doco")
+    assert (fast.steps, fast.warmup_steps, fast.lr, fast.surgery) == (5, 1, 1e-4, "pcgrad")
+    assert with_overrides(doco, "", "erase.doco") == doco
+    with pytest.raises(ParamsError, match="unknown key 'erase.doco.stepz'"):
+        with_overrides(doco, "stepz=3", "erase.doco")
+    with pytest.raises(ParamsError, match="steps must be >= 1"):
+        with_overrides(doco, "steps=-1", "erase.doco")
+    with pytest.raises(ParamsError, match="not key=value"):
+        with_overrides(doco, "steps", "erase.doco")
 
 
 def test_bad_yaml_and_missing_file(tmp_path):
@@ -121,9 +211,16 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_params(tmp_path / "absent.yaml")
 
 
-@pytest.mark.parametrize("name", ["params.yaml", "tests/params_smoke.yaml"])
-def test_repo_params_files_load(name):
-    path = REPO / name
-    if not path.exists():
-        pytest.skip(f"{name} does not exist yet")
-    assert isinstance(load_params(path), Params)
+def test_committed_params_load():
+    params = load_params(REPO / "params.yaml")
+    assert isinstance(params, Params)
+    assert params.erase.methods and params.erase.concepts
+
+
+def test_smoke_params_file_loads(smoke_params_path, smoke_params):
+    params = load_params(smoke_params_path)
+    assert params == smoke_params
+    smoke = read_yaml(REPO / "tests" / "smoke.yaml")["params"]
+    assert params.erase.concepts == smoke["erase"]["concepts"]
+    assert params.pretrain.steps == smoke["pretrain"]["steps"]
+    assert params.judge.lr == load_params(REPO / "params.yaml").judge.lr  # not overridden: the committed value

@@ -1,5 +1,6 @@
 """Pretraining, erase pairs, evaluation rows and the report, on tiny models and a small world."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -7,11 +8,12 @@ import pytest
 import torch
 
 from cdc import evaluate as ev
+from cdc.anchors import Pairs, erase_pairs, family_of, keep_drawn, load_anchors, save_anchors
 from cdc.bundle import make_world_scheduler, make_world_unet
-from cdc.erase import Pairs, erase_pairs, family_of, keep_drawn, load_anchors, run_method, save_anchors
+from cdc.erase import run_method
 from cdc.errors import NaNLossError
 from cdc.io import save_json
-from cdc.methods import DocoConfig, EsdConfig
+from cdc.methods.lora import remove_lora
 from cdc.params import read_yaml
 from cdc.pretrain import augment_context, caption_pool, lr_at, train_world_model
 from cdc.report import erase_table, latex_table, targets_met
@@ -28,15 +30,22 @@ def world():
     return build_world(fam, oos, size=32, n_concepts=1, seed=0, templates=["{a}", "{p}"], progress=False)
 
 
-def tiny_training(world, steps, lr=2e-3, seed=0, latents=None, precision="fp32", attention="auto"):
+def tiny_unet(seed=0):
+    """The tiny world UNet tiny_training starts from."""
     torch.manual_seed(seed)
-    unet = make_world_unet(16, 12, [32, 32], [False, True], 1, 8, 16)
+    return make_world_unet(16, 12, [32, 32], [False, True], 1, 8, 16)
+
+
+def tiny_training(params, steps, lr=2e-3, seed=0, latents=None, precision="fp32", attention="auto"):
+    unet = tiny_unet(seed)
     latents = torch.randn(4, 12, 16, 16) if latents is None else latents
     contexts = torch.randn(8, 3, 16).half()
     index = np.array([0, 1, 2, 3, 0, 1, 2, 3])
-    return train_world_model(unet, make_world_scheduler(), latents, contexts, index, torch.zeros(1, 3, 16),
-                             steps=steps, batch_size=8, lr=lr, warmup_steps=2, ema_decay=0.9, caption_dropout=0.1,
-                             seed=seed, precision=precision, attention=attention, log_every=5,
+    cfg = dataclasses.replace(
+        params.pretrain, steps=steps, batch_size=8, lr=lr, warmup_steps=2, ema_decay=0.9, caption_dropout=0.1,
+        token_dropout=0.0, pooled_noise=0.0, seed=seed, precision=precision, attention=attention, log_every=5,
+    )
+    return train_world_model(unet, make_world_scheduler(), latents, contexts, index, torch.zeros(1, 3, 16), cfg,
                              progress=False)
 
 
@@ -47,30 +56,30 @@ def test_caption_pool_covers_every_render(world):
     assert pool.prompts[0].endswith(world.styles[world.style[0]] + " style")  # canonical caption first
 
 
-def test_pretraining_loss_falls_and_is_seeded(world):
-    _, history = tiny_training(world, 40)
+def test_pretraining_loss_falls_and_is_seeded(smoke_params):
+    _, history = tiny_training(smoke_params, 40)
     assert history[-1]["loss"] < history[0]["loss"]
-    a, _ = tiny_training(world, 3)
-    b, _ = tiny_training(world, 3)
+    a, _ = tiny_training(smoke_params, 3)
+    b, _ = tiny_training(smoke_params, 3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
-def test_bf16_pretraining_keeps_float32_weights_and_stays_near_fp32(world):
+def test_bf16_pretraining_keeps_float32_weights_and_stays_near_fp32(smoke_params):
     # Mixed precision: the forward runs in bf16, the weights, optimiser and EMA stay float32.
-    fp32, h32 = tiny_training(world, 40)
-    bf16, h16 = tiny_training(world, 40, precision="bf16")
+    fp32, h32 = tiny_training(smoke_params, 40)
+    bf16, h16 = tiny_training(smoke_params, 40, precision="bf16")
     assert all(p.dtype == torch.float32 for p in bf16.parameters())
     assert h16[-1]["loss"] < h16[0]["loss"]
     assert abs(h16[-1]["loss"] - h32[-1]["loss"]) < 0.1 * h32[0]["loss"]
     assert not all(torch.equal(p, q) for p, q in zip(fp32.parameters(), bf16.parameters()))
 
 
-def test_training_with_either_attention_kernel_gives_the_same_model(world):
+def test_training_with_either_attention_kernel_gives_the_same_model(smoke_params):
     # The kernel is an implementation choice: in float32 both train the same model up to rounding. Adam
     # magnifies rounding in weights whose gradient is near zero, so compare what the models compute.
-    unfused, h_unfused = tiny_training(world, 10, attention="unfused")
-    fused, h_fused = tiny_training(world, 10, attention="sdpa")
-    initial, _ = tiny_training(world, 0)
+    unfused, h_unfused = tiny_training(smoke_params, 10, attention="unfused")
+    fused, h_fused = tiny_training(smoke_params, 10, attention="sdpa")
+    initial = tiny_unet()
     assert h_unfused[-1]["loss"] == pytest.approx(h_fused[-1]["loss"], rel=1e-3)
     x, t, ctx = torch.randn(4, 12, 16, 16), torch.tensor([10, 300, 600, 900]), torch.randn(4, 3, 16)
     with torch.no_grad():
@@ -79,9 +88,9 @@ def test_training_with_either_attention_kernel_gives_the_same_model(world):
     assert all(type(p).__name__ == "AttnProcessor2_0" for p in unfused.attn_processors.values())
 
 
-def test_pretraining_stops_on_nan(world):
+def test_pretraining_stops_on_nan(smoke_params):
     with pytest.raises(NaNLossError, match="step 0"):
-        tiny_training(world, 3, latents=torch.full((4, 12, 16, 16), float("nan")))
+        tiny_training(smoke_params, 3, latents=torch.full((4, 12, 16, 16), float("nan")))
 
 
 def test_context_augmentation_keeps_the_sentence_token_norm():
@@ -155,20 +164,19 @@ def test_family_hits(world):
     assert ev.family_hits(world, "openmoji", drawn).tolist() == [False, True, True]
 
 
-def test_run_method_on_tiny_world(tiny_world_bundle, world):
+def test_run_method_on_tiny_world(tiny_world_bundle, world, smoke_params):
     pairs = erase_pairs(world, "church", [])
     images = np.full((4, 32, 32, 3), 255, np.uint8)
     samples = {"anchor_images": images, "anchor_index": np.array([0, 1, 0, 1]),
                "target_images": images, "target_index": np.array([0, 1, 0, 1])}
-    from cdc.methods import remove_lora
-
-    for method, cfg in [("doco", DocoConfig(steps=2, warmup_steps=1, batch_size=2)),
-                        ("esd", EsdConfig(steps=2, batch_size=2))]:
+    doco = dataclasses.replace(smoke_params.erase.doco, steps=2, warmup_steps=1, batch_size=2)
+    esd = dataclasses.replace(smoke_params.erase.esd, steps=2, batch_size=2)
+    for method, cfg in [("doco", doco), ("esd", esd)]:
         unet, history = run_method(tiny_world_bundle, method, pairs, samples, cfg, progress=False)
         assert history and all(np.isfinite(h["seconds"]) for h in history)
         remove_lora(unet)
     with pytest.raises(ValueError, match="unknown method"):
-        run_method(tiny_world_bundle, "uce", pairs, samples, DocoConfig(), progress=False)
+        run_method(tiny_world_bundle, "uce", pairs, samples, doco, progress=False)
 
 
 def test_keep_drawn_drops_phrases_the_base_model_draws_as_something_else(world):

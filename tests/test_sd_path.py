@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from cdc.codec import VaeCodec
 from cdc.sampler import sample
 
-FAST = {"steps": 2, "progress": False}
+FAST = {"steps": 2, "precision": "fp32"}
+
+
+def run(bundle, params, prompts, seeds, **overrides) -> np.ndarray:
+    """Sample with the smoke `sample` section, FAST and `overrides` applied."""
+    return sample(bundle, prompts, seeds, dataclasses.replace(params.sample, **{**FAST, **overrides}), progress=False)
 
 
 def assert_same_images(a: np.ndarray, b: np.ndarray) -> None:
@@ -34,12 +41,12 @@ def test_sd_bundle_parts(tiny_sd_bundle) -> None:
     assert out.shape == z.shape and torch.isfinite(out).all()
 
 
-def test_sd_sampling_seeded_and_batch_independent(tiny_sd_bundle) -> None:
+def test_sd_sampling_seeded_and_batch_independent(tiny_sd_bundle, smoke_params) -> None:
     prompts = ["a church", "a fish", "a bomb"]
-    imgs = sample(tiny_sd_bundle, prompts, [0, 1, 2], guidance=7.5, **FAST)
+    imgs = run(tiny_sd_bundle, smoke_params, prompts, [0, 1, 2], guidance=7.5)
     assert imgs.shape == (3, 32, 32, 3) and imgs.dtype == np.uint8
-    again = sample(tiny_sd_bundle, prompts, [0, 1, 2], guidance=7.5, batch_size=2, **FAST)
+    again = run(tiny_sd_bundle, smoke_params, prompts, [0, 1, 2], guidance=7.5, batch_size=2)
     assert_same_images(imgs, again)
-    alone = sample(tiny_sd_bundle, ["a bomb"], [2], guidance=7.5, **FAST)
+    alone = run(tiny_sd_bundle, smoke_params, ["a bomb"], [2], guidance=7.5)
     assert_same_images(imgs[2], alone[0])
-    assert not np.array_equal(imgs[0], sample(tiny_sd_bundle, ["a church"], [5], guidance=7.5, **FAST)[0])
+    assert not np.array_equal(imgs[0], run(tiny_sd_bundle, smoke_params, ["a church"], [5], guidance=7.5)[0])

@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from cdc.bundle import ModelBundle
+from cdc.methods.config import CaConfig
 from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
-    LoraRunConfig,
     apply_step,
     check_finite,
     check_pairs,
@@ -30,19 +30,12 @@ from cdc.methods.train import (
 HISTORY_KEYS = ("step", "loss", "loss_ablate", "loss_prior", "seconds")
 
 
-@dataclass(frozen=True)
-class CaConfig(LoraRunConfig):
-    """Knobs of one Concept Ablation run (B ablation pairs + B prior pairs when prior_weight > 0)."""
-
-    prior_weight: float = 1.0  # 0 turns the prior-preservation term off
-
-
 def train_ca(
-    bundle,
+    bundle: ModelBundle,
     target_prompts: Sequence[str],
     anchor_prompts: Sequence[str],
     anchor_latents: Tensor,
-    cfg: CaConfig = CaConfig(),
+    cfg: CaConfig,
     anchor_index: Sequence[int] | None = None,
     progress: bool = True,
 ) -> tuple[torch.nn.Module, list[dict]]:

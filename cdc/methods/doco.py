@@ -24,25 +24,36 @@ Released-code quirks (yongliang-wu/DoCo@ebf6ff4) and what this implementation do
 Also kept: no gradient through context position 0's K/V (`detach_first_token`), D's BatchNorm in
 train mode on separate real and fake batches, warm-up as `step > warmup_steps`, per-tensor surgery
 after separate global clipping of g_a and g_b (max_grad_norm 1.0).
+
+Paper: Wu et al., "Unlearning Concepts in Diffusion Model via Concept Domain Correction and
+Concept Preserving Gradient", AAAI-25: L_adv is its concept domain correction (the adversarial
+objective), the surgery its concept-preserving gradient.
+
+Code layout: `doco_run` sets a run up (LoRA, D and both optimisers, the seeded generator, hooks) and
+`doco_step` is one training step returning a `StepReport`; `train_doco` is just their loop, so a
+notebook that calls `doco_step` sees exactly what training does.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from cdc.bundle import ModelBundle
+from cdc.methods.config import DocoConfig
 from cdc.methods.discriminator import make_discriminator
-from cdc.methods.lora import base_model, detach_first_token, route_grads
+from cdc.methods.hooks import detach_first_token, route_grads
+from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, pred_eps, pred_x0, target_for, unet_pred
-from cdc.methods.surgery import MODES, clip_grads, combine
+from cdc.methods.surgery import SurgeryStats, clip_grads, combine, tensor_cosines
 from cdc.methods.train import (
-    LoraRunConfig,
+    PairedData,
     apply_step,
     check_finite,
     check_pairs,
@@ -65,52 +76,243 @@ HISTORY_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class DocoConfig(LoraRunConfig):
-    """Knobs of one DoCo run (released README values in comments).
-
-    Inherited: steps (warm-up included; README 2000), lr (LoRA AdamW; released full K/V: 6e-6 x batch 8),
-    batch_size (B target pairs + B prior pairs per step; README 8 + 8), lora_group (released: attn2.to_k /
-    to_v only), lora_rank, lora_alpha, max_grad_norm (g_a and g_b clipped separately, as released),
-    weight_decay, seed, log_every.
-    """
-
-    steps: int = 300
-    warmup_steps: int = 100  # discriminator-only steps (README 1000; Nov-2024 scripts 200)
-    d_lr: float = 1e-4  # discriminator Adam lr, betas (0.5, 0.999) (README 1e-4 object, 5e-4 style)
-    lam: float = 1.0  # surgery strength lambda (README 1; Nov-2024 scripts 0.5 for objects)
-    surgery: str = "cosine"  # "cosine" (HEAD), "pcgrad" (first release) or "sum" (ablation)
-    per_tensor: bool = True  # pcgrad per parameter tensor, as the first release's loop
-    prior_weight: float = 0.1  # g_b weight in "sum" mode (released no-surgery branch: 0.1 x 1.0)
-    d_input: str = "x0"  # "x0" (HEAD) or "eps" (first release: D saw the noise prediction)
-    d_layers: int | None = None  # stride-2 stages of D; None: >= 3x3 logits (4 on 64x64, 2 on 16x16)
-    d_width: int = 64
-    d_norm: str = "batch"  # "batch" as released, "instance" or "none"
-    detach_first_token: bool = True  # released: no gradient through K/V of context position 0
-    d_gets_adv_grads: bool = False  # True reproduces released quirk 1 (D also steps on dL_adv/dD)
-
-
-def _check_config(cfg: DocoConfig) -> None:
-    """Reject settings that cannot run, naming the knob."""
-    if cfg.surgery not in MODES:
-        raise ValueError(f"unknown surgery mode {cfg.surgery!r} (known: {', '.join(MODES)})")
-    if cfg.d_input not in ("x0", "eps"):
-        raise ValueError(f"unknown d_input {cfg.d_input!r} (known: 'x0', 'eps')")
-    if not 0 <= cfg.warmup_steps <= cfg.steps:
-        raise ValueError(f"need 0 <= warmup_steps <= steps; got warmup_steps={cfg.warmup_steps}, steps={cfg.steps}")
-
-
 def _bce(logits: Tensor, label: float) -> Tensor:
     """BCE-with-logits of every patch logit against a constant label."""
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
 
-def train_doco(
-    bundle,
+@dataclass
+class DocoState:
+    """What a DoCo run carries from step to step (built by `doco_run`; `doco_step` mutates it).
+
+    The LoRA lives in `unet` (the bundle's UNet, in place); `layers` are its tuner layers, which
+    `base_model` switches off to get the frozen model. `generator` draws every batch, noise and
+    timestep, so the sequence of `doco_step` calls alone fixes the run.
+    """
+
+    cfg: DocoConfig
+    unet: nn.Module
+    scheduler: object
+    data: PairedData  # latents (N, C, h, w); contexts (target (P, L, D), anchor (P, L, D))
+    params: list[nn.Parameter]  # LoRA tensors, fixed order
+    names: list[str]  # their parameter names in `unet`, same order
+    layers: list[nn.Module]
+    optimizer: torch.optim.Optimizer  # LoRA AdamW
+    generator: torch.Generator
+    disc: nn.Module  # PatchGAN: (B, C, h, w) -> (B, 1, p, p) patch logits
+    d_params: list[nn.Parameter]
+    d_optimizer: torch.optim.Optimizer  # D's Adam, betas (0.5, 0.999)
+    to_d: Callable[..., Tensor]  # what D sees: pred_x0 (x̂0) or pred_eps, (B, C, h, w)
+
+
+@dataclass
+class StepReport:
+    """What one `doco_step` did. Logits are detached CPU tensors; gradients are detached tensors on
+    the UNet's device (not copied: the training loop drops them unread).
+
+    During the warm-up (`trained_lora` False) only D steps: the LoRA fields are None.
+    """
+
+    step: int
+    trained_lora: bool
+    loss_d: float  # BCE(D(real), 0) + BCE(D(fake), 1)
+    logits_real: Tensor  # (B, 1, p, p) D's patch logits on real x̂0 (frozen model, anchor prompt)
+    logits_fake: Tensor  # (B, 1, p, p) on fake x̂0 (LoRA model before this step's update, target prompt)
+    loss_adv: float | None = None  # BCE(D(fake), 0): the LoRA is trained to make D call fake real
+    loss_prior: float | None = None  # denoising loss on fresh anchor pairs
+    surgery: SurgeryStats | None = None  # global cos(g_a, g_b) and the share of tensors adjusted
+    g_a: list[Tensor] | None = None  # unlearning gradient dL_adv/dLoRA after clipping, one per LoRA tensor
+    g_b: list[Tensor] | None = None  # preservation gradient dL_prior/dLoRA after clipping
+    update: list[Tensor] | None = None  # what the optimiser got: surgery(g_a, g_b)
+    norms_before_clip: tuple[float, float] | None = None  # global ||g_a||, ||g_b|| before clipping
+
+    @property
+    def d_real_acc(self) -> float:
+        """Share of real patches D calls real (logit < 0, as real is label 0)."""
+        return float((self.logits_real < 0).float().mean())
+
+    @property
+    def d_fake_acc(self) -> float:
+        """Share of fake patches D calls fake (logit > 0)."""
+        return float((self.logits_fake > 0).float().mean())
+
+    def history_row(self, seconds: float) -> dict:
+        """The `train_doco` history row of this step (keys `HISTORY_KEYS`)."""
+        row: dict = dict.fromkeys(HISTORY_KEYS)
+        if self.trained_lora:
+            row.update(loss_adv=self.loss_adv, loss_prior=self.loss_prior, cos_grad=self.surgery.cosine,
+                       surgery_fired=self.surgery.fired)
+        row.update(step=self.step, loss_d=self.loss_d, d_real_acc=self.d_real_acc, d_fake_acc=self.d_fake_acc,
+                   seconds=seconds)
+        return row
+
+    def per_tensor(self, names: Sequence[str]) -> dict[str, list]:
+        """One entry per LoRA tensor (T of them, `names` as in `DocoState.names`): cos(g_a, g_b),
+        cos(update, g_b), the norms of g_a, g_b and the update, and whether the surgery changed the
+        tensor (update != g_a). Columns of equal length, ready for a DataFrame."""
+        if not self.trained_lora:
+            raise ValueError(f"step {self.step} is a warm-up step: D only, no LoRA gradients")
+        if len(names) != len(self.g_a):
+            raise ValueError(f"{len(names)} names for {len(self.g_a)} LoRA tensors")
+
+        def norms(grads: list[Tensor]) -> list[float]:
+            return [float(g.float().norm()) for g in grads]
+
+        return {
+            "tensor": list(names),
+            "cos_ab": tensor_cosines(self.g_a, self.g_b).tolist(),
+            "cos_update_b": tensor_cosines(self.update, self.g_b).tolist(),
+            "norm_a": norms(self.g_a),
+            "norm_b": norms(self.g_b),
+            "norm_update": norms(self.update),
+            "changed": [not torch.equal(u, a) for u, a in zip(self.update, self.g_a)],
+        }
+
+
+@contextmanager
+def doco_run(
+    bundle: ModelBundle,
     target_prompts: Sequence[str],
     anchor_prompts: Sequence[str],
     anchor_latents: Tensor,
-    cfg: DocoConfig = DocoConfig(),
+    cfg: DocoConfig,
+    anchor_index: Sequence[int] | None = None,
+) -> Iterator[DocoState]:
+    """Set up a DoCo run on `bundle.unet` (a fresh seeded LoRA added in place) and yield its state;
+    `doco_step(state, step)` for step = 1..cfg.steps inside the block is the whole training.
+
+    The cross-attention hooks (`detach_first_token`) are on for the block only. Arguments as
+    `train_doco`.
+    """
+    targets, anchors = check_pairs(target_prompts, anchor_prompts)
+    unet = bundle.unet
+    # contexts: (target, anchor)
+    run = start_lora_run(bundle, cfg, anchor_latents, anchor_index, targets, anchors)
+    channels, size = run.data.latents.shape[1], run.data.latents.shape[-1]
+    disc = make_discriminator(channels, size, cfg.d_layers, cfg.d_width, cfg.d_norm, cfg.seed, unet.device)
+    d_params = list(disc.parameters())
+    name_of = {id(p): n for n, p in unet.named_parameters()}
+    state = DocoState(
+        cfg=cfg,
+        unet=unet,
+        scheduler=bundle.scheduler,
+        data=run.data,
+        params=run.params,
+        names=[name_of[id(p)] for p in run.params],
+        layers=run.layers,
+        optimizer=run.optimizer,
+        generator=run.generator,
+        disc=disc,
+        d_params=d_params,
+        d_optimizer=torch.optim.Adam(d_params, lr=cfg.d_lr, betas=(0.5, 0.999)),
+        to_d=pred_x0 if cfg.d_input == "x0" else pred_eps,
+    )
+    with detach_first_token(unet) if cfg.detach_first_token else nullcontext():
+        yield state
+
+
+def doco_step(state: DocoState, step: int) -> StepReport:
+    """One DoCo step (1-based `step`): a LoRA update with gradient surgery after the warm-up, then
+    one discriminator update, on one batch of B = cfg.batch_size latents."""
+    cfg, sched, gen = state.cfg, state.scheduler, state.generator
+    x0, ctx_t, ctx_a = state.data.batch(cfg.batch_size, gen)  # (B, C, h, w), (B, L, D) x 2
+    x_t, _, t = noisy_latents(sched, x0, gen)  # (B, C, h, w), _, (B,)
+    trained = step > cfg.warmup_steps
+    if trained:
+        real, fake, d_adv, report = _lora_update(state, step, x_t, t, ctx_t, ctx_a)
+    else:
+        real, fake = _warmup_pair(state, x_t, t, ctx_t, ctx_a)
+        d_adv, report = [], {}
+    loss_d, logit_real, logit_fake = _discriminator_update(state, step, real, fake, d_adv)
+    return StepReport(
+        step=step,
+        trained_lora=trained,
+        loss_d=loss_d,
+        logits_real=logit_real.detach().cpu(),
+        logits_fake=logit_fake.detach().cpu(),
+        **report,
+    )
+
+
+def _lora_update(
+    state: DocoState, step: int, x_t: Tensor, t: Tensor, ctx_t: Tensor, ctx_a: Tensor
+) -> tuple[Tensor, Tensor, list[Tensor], dict]:
+    """The generator half of a step: L_adv and L_prior, their gradients g_a and g_b, the surgery,
+    one LoRA step. Returns (real, fake) x̂0 (B, C, h, w) for D, D's adversarial grads (quirk 1; else
+    []), and the StepReport fields.
+
+    Adversarial loss (the paper's concept domain correction): L_adv = BCE(D(fake), real label),
+    non-saturating. Surgery (its concept-preserving gradient, `surgery.combine`): where
+    cos(g_a, g_b) < 0, the conflicting part of g_a is removed (cosine rule: g_a - lam cos g_b/||g_b||;
+    pcgrad: g_a - lam <g_a,g_b>/||g_b||^2 g_b).
+    """
+    cfg, unet, sched, params = state.cfg, state.unet, state.scheduler, state.params
+    with torch.no_grad(), base_model(unet, state.layers):
+        real = state.to_d(sched, unet_pred(unet, x_t, t, ctx_a), x_t, t)  # (B, C, h, w)
+    # Target rows and prior rows (fresh anchor pairs with their own noise, as released) go through
+    # ONE LoRA call; route_grads gives each half its own gradient from a single backward (two
+    # B-sized backward passes would cost the same compute plus a second call's overhead).
+    xb, _, ctx_b = state.data.batch(cfg.batch_size, state.generator)
+    xb_t, noise_b, t_b = noisy_latents(sched, xb, state.generator)
+    with route_grads(unet, params, n_first=x_t.shape[0]) as shadows:
+        out = unet_pred(unet, torch.cat([x_t, xb_t]), torch.cat([t, t_b]), torch.cat([ctx_t, ctx_b]))  # (2B, ...)
+    fake_out, prior_out = out.chunk(2)
+    fake = state.to_d(sched, fake_out, x_t, t)  # (B, C, h, w)
+    loss_prior = mse(prior_out, target_for(sched, xb, noise_b, t_b))
+    loss_adv = _bce(state.disc(fake), REAL)
+    check_finite("DoCo", step, loss_adv=float(loss_adv.detach()), loss_prior=float(loss_prior.detach()))
+    extra = state.d_params if cfg.d_gets_adv_grads else []
+    grads = grads_of(loss_adv + loss_prior, params + shadows + extra)
+    n = len(params)
+    g_a, g_b, d_adv = grads[:n], grads[n : 2 * n], grads[2 * n :]
+    g_a, norm_a = clip_grads(g_a, cfg.max_grad_norm)
+    g_b, norm_b = clip_grads(g_b, cfg.max_grad_norm)
+    update, stats = combine(g_a, g_b, cfg.surgery, cfg.lam, cfg.prior_weight, cfg.per_tensor)
+    apply_step(state.optimizer, params, update)
+    report = dict(
+        loss_adv=float(loss_adv.detach()),
+        loss_prior=float(loss_prior.detach()),
+        surgery=stats,
+        g_a=[g.detach() for g in g_a],
+        g_b=[g.detach() for g in g_b],
+        update=[u.detach() for u in update],
+        norms_before_clip=(norm_a, norm_b),
+    )
+    return real, fake, d_adv, report
+
+
+def _warmup_pair(state: DocoState, x_t: Tensor, t: Tensor, ctx_t: Tensor, ctx_a: Tensor) -> tuple[Tensor, Tensor]:
+    """Warm-up: the LoRA is still the identity (B = 0), so one batched base call gives both
+    predictions: (real, fake), each (B, C, h, w)."""
+    unet, sched = state.unet, state.scheduler
+    with torch.no_grad(), base_model(unet, state.layers):
+        out = unet_pred(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([ctx_a, ctx_t]))
+    real, fake = state.to_d(sched, out, torch.cat([x_t, x_t]), torch.cat([t, t])).chunk(2)
+    return real, fake
+
+
+def _discriminator_update(
+    state: DocoState, step: int, real: Tensor, fake: Tensor, d_adv: list[Tensor]
+) -> tuple[float, Tensor, Tensor]:
+    """One Adam step of D on L_D = BCE(D(real), 0) + BCE(D(fake.detach()), 1), on the fake from
+    before the LoRA update, as released. Returns (L_D, logits real, logits fake), logits (B, 1, p, p)."""
+    state.d_optimizer.zero_grad(set_to_none=True)
+    logit_real, logit_fake = state.disc(real.detach()), state.disc(fake.detach())
+    loss_d = _bce(logit_real, REAL) + _bce(logit_fake, FAKE)
+    check_finite("DoCo", step, loss_d=float(loss_d.detach()))
+    loss_d.backward()
+    for p, g in zip(state.d_params, d_adv):  # quirk 1: released D also got dL_adv/dD
+        p.grad = p.grad + g
+    state.d_optimizer.step()
+    return float(loss_d.detach()), logit_real, logit_fake
+
+
+def train_doco(
+    bundle: ModelBundle,
+    target_prompts: Sequence[str],
+    anchor_prompts: Sequence[str],
+    anchor_latents: Tensor,
+    cfg: DocoConfig,
     anchor_index: Sequence[int] | None = None,
     progress: bool = True,
 ) -> tuple[torch.nn.Module, list[dict]]:
@@ -122,79 +324,11 @@ def train_doco(
         anchor_index: prompt id of each latent (default: latent i was drawn from prompt i % P).
     The LoRA is added to `bundle.unet` in place (base weights untouched; `remove_lora` undoes it).
     """
-    _check_config(cfg)
-    targets, anchors = check_pairs(target_prompts, anchor_prompts)
-    unet, sched = bundle.unet, bundle.scheduler
-    # contexts: (target, anchor)
-    data, params, layers, opt, gen = start_lora_run(bundle, cfg, anchor_latents, anchor_index, targets, anchors)
-    to_d = pred_x0 if cfg.d_input == "x0" else pred_eps
-    channels, size = data.latents.shape[1], data.latents.shape[-1]
-    disc = make_discriminator(channels, size, cfg.d_layers, cfg.d_width, cfg.d_norm, cfg.seed, unet.device)
-    d_params = list(disc.parameters())
-    d_opt = torch.optim.Adam(d_params, lr=cfg.d_lr, betas=(0.5, 0.999))
-
     history: list[dict] = []
-    start = time.perf_counter()
-    hooks = detach_first_token(unet) if cfg.detach_first_token else nullcontext()
-    with hooks:
+    with doco_run(bundle, target_prompts, anchor_prompts, anchor_latents, cfg, anchor_index) as state:
+        start = time.perf_counter()
         for step in progress_bar(cfg.steps, progress, "DoCo"):
-            x0, ctx_t, ctx_a = data.batch(cfg.batch_size, gen)  # (B, C, h, w), (B, L, D) x 2
-            x_t, _, t = noisy_latents(sched, x0, gen)
-            train_g = step > cfg.warmup_steps
-            row: dict = dict.fromkeys(HISTORY_KEYS)
-            if train_g:
-                with torch.no_grad(), base_model(unet, layers):
-                    real = to_d(sched, unet_pred(unet, x_t, t, ctx_a), x_t, t)
-                # Target rows and prior rows (fresh anchor pairs with their own noise, as released)
-                # go through ONE LoRA call; route_grads gives each half its own gradient from a
-                # single backward (two B-sized backward passes would cost the same compute plus
-                # a second call's overhead).
-                xb, _, ctx_b = data.batch(cfg.batch_size, gen)
-                xb_t, noise_b, t_b = noisy_latents(sched, xb, gen)
-                with route_grads(unet, params, n_first=x_t.shape[0]) as shadows:
-                    out = unet_pred(unet, torch.cat([x_t, xb_t]), torch.cat([t, t_b]), torch.cat([ctx_t, ctx_b]))
-                fake_out, prior_out = out.chunk(2)
-                fake = to_d(sched, fake_out, x_t, t)
-                loss_prior = mse(prior_out, target_for(sched, xb, noise_b, t_b))
-                loss_adv = _bce(disc(fake), REAL)
-                check_finite("DoCo", step, loss_adv=float(loss_adv.detach()), loss_prior=float(loss_prior.detach()))
-                extra = d_params if cfg.d_gets_adv_grads else []
-                grads = grads_of(loss_adv + loss_prior, params + shadows + extra)
-                n = len(params)
-                g_a, g_b, d_adv = grads[:n], grads[n : 2 * n], grads[2 * n :]
-                g_a, _ = clip_grads(g_a, cfg.max_grad_norm)
-                g_b, _ = clip_grads(g_b, cfg.max_grad_norm)
-                update, stats = combine(g_a, g_b, cfg.surgery, cfg.lam, cfg.prior_weight, cfg.per_tensor)
-                apply_step(opt, params, update)
-                row.update(
-                    loss_adv=float(loss_adv.detach()),
-                    loss_prior=float(loss_prior.detach()),
-                    cos_grad=stats.cosine,
-                    surgery_fired=stats.fired,
-                )
-            else:
-                # Warm-up: the LoRA is still the identity (B = 0), so one batched base call
-                # gives both predictions.
-                with torch.no_grad(), base_model(unet, layers):
-                    out = unet_pred(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([ctx_a, ctx_t]))
-                real, fake = to_d(sched, out, torch.cat([x_t, x_t]), torch.cat([t, t])).chunk(2)
-                d_adv = []
-            # D step on the fake from before the LoRA update, as released.
-            d_opt.zero_grad(set_to_none=True)
-            logit_real, logit_fake = disc(real.detach()), disc(fake.detach())
-            loss_d = _bce(logit_real, REAL) + _bce(logit_fake, FAKE)
-            check_finite("DoCo", step, loss_d=float(loss_d.detach()))
-            loss_d.backward()
-            for p, g in zip(d_params, d_adv):  # quirk 1: released D also got dL_adv/dD
-                p.grad = p.grad + g
-            d_opt.step()
+            report = doco_step(state, step)
             if step % cfg.log_every == 0 or step == cfg.steps:
-                row.update(
-                    step=step,
-                    loss_d=float(loss_d.detach()),
-                    d_real_acc=float((logit_real < 0).float().mean()),
-                    d_fake_acc=float((logit_fake > 0).float().mean()),
-                    seconds=time.perf_counter() - start,
-                )
-                history.append(row)
-    return unet, history
+                history.append(report.history_row(time.perf_counter() - start))
+    return bundle.unet, history

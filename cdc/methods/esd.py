@@ -15,16 +15,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from cdc.bundle import ModelBundle
+from cdc.methods.config import EsdConfig
 from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
-    LoraRunConfig,
     apply_step,
     check_finite,
     check_prompts,
@@ -37,19 +37,11 @@ from cdc.methods.train import (
 HISTORY_KEYS = ("step", "loss", "seconds")
 
 
-@dataclass(frozen=True)
-class EsdConfig(LoraRunConfig):
-    """Knobs of one ESD run (original CompVis: 1000 iterations of batch 1, lr 1e-5 on full xattn weights)."""
-
-    negative_guidance: float = 1.0  # eta
-    lora_group: str = "xattn"  # ESD-x: all cross-attention projections
-
-
 def train_esd(
-    bundle,
+    bundle: ModelBundle,
     target_prompts: Sequence[str],
     target_latents: Tensor,
-    cfg: EsdConfig = EsdConfig(),
+    cfg: EsdConfig,
     target_index: Sequence[int] | None = None,
     progress: bool = True,
 ) -> tuple[torch.nn.Module, list[dict]]:

@@ -70,6 +70,17 @@ def _per_tensor(g_a: Sequence[Tensor], g_b: Sequence[Tensor]) -> tuple[Tensor, T
     return dots, na2, nb2
 
 
+def tensor_cosines(g_a: Sequence[Tensor], g_b: Sequence[Tensor]) -> Tensor:
+    """Cosine between g_a[i] and g_b[i] for each tensor i, as a float (T,) tensor; 0 where either is
+    zero (the cosine rule's convention: such a tensor is never adjusted)."""
+    _check(g_a, g_b)
+    if not g_a:
+        return torch.zeros(0)
+    dots, na2, nb2 = _per_tensor(g_a, g_b)
+    norms = na2.sqrt() * nb2.sqrt()  # as cosine_rule computes it
+    return torch.where(norms > _EPS, dots / norms.clamp_min(_EPS), torch.zeros_like(dots))
+
+
 def _apply(g_a: Sequence[Tensor], g_b: Sequence[Tensor], coef: Tensor) -> list[Tensor]:
     """g_a[i] - coef[i] g_b[i] for each tensor, in g_a's dtype."""
     return [a - (c * _f(b)).to(a.dtype) for a, b, c in zip(g_a, g_b, coef)]

@@ -10,32 +10,11 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
+from cdc.bundle import ModelBundle
 from cdc.errors import NaNLossError
+from cdc.methods.config import LoraRunConfig
 from cdc.methods.lora import add_lora, lora_parameters, tuner_layers
-from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
-from cdc.methods.surgery import clip_grads
-
-
-@dataclass(frozen=True)
-class LoraRunConfig:
-    """Knobs every method's LoRA run shares; each method's config adds its own."""
-
-    steps: int = 200
-    lr: float = 1e-4
-    batch_size: int = 8
-    lora_group: str = "xattn-kv"  # cross-attention K/V (DoCo's and CA's released default)
-    lora_rank: int = 4
-    lora_alpha: float | None = None  # None: alpha = rank
-    max_grad_norm: float = 1.0
-    weight_decay: float = 1e-2
-    seed: int = 0
-    log_every: int = 1
-
-
-def check_run_config(cfg: LoraRunConfig) -> None:
-    """Reject loop sizes that cannot run, naming the knobs."""
-    if cfg.steps < 1 or cfg.batch_size < 1 or cfg.log_every < 1:
-        raise ValueError(f"need steps, batch_size and log_every >= 1; got {cfg}")
+from cdc.text import TextEncoder
 
 
 def check_prompts(prompts: Sequence[str], what: str) -> list[str]:
@@ -85,7 +64,8 @@ def prompt_index(n_latents: int, n_prompts: int, index: Sequence[int] | None) ->
     return idx
 
 
-def encode(text, prompts: Sequence[str], device: torch.device, dtype: torch.dtype, chunk: int = 64) -> Tensor:
+def encode(text: TextEncoder, prompts: Sequence[str], device: torch.device, dtype: torch.dtype,
+           chunk: int = 64) -> Tensor:
     """Contexts (P, L, D) for all prompts, once, so the loop never runs the text encoder."""
     with torch.no_grad():
         parts = [text.encode(list(prompts[i : i + chunk])) for i in range(0, len(prompts), chunk)]
@@ -109,7 +89,7 @@ class PairedData:
         return (x0, *(c[prompts.to(c.device)] for c in self.contexts))
 
 
-def paired_data(bundle, latents: Tensor, index: Tensor, *prompt_sets: Sequence[str]) -> PairedData:
+def paired_data(bundle: ModelBundle, latents: Tensor, index: Tensor, *prompt_sets: Sequence[str]) -> PairedData:
     """Move latents to the UNet and encode each prompt set once."""
     dev, dtype = bundle.unet.device, bundle.unet.dtype
     contexts = tuple(encode(bundle.text, p, dev, dtype) for p in prompt_sets)
@@ -129,12 +109,12 @@ class LoraRun(NamedTuple):
 
 
 def start_lora_run(
-    bundle, cfg: LoraRunConfig, latents: Tensor, latent_index: Sequence[int] | None, *prompt_sets: list[str],
+    bundle: ModelBundle, cfg: LoraRunConfig, latents: Tensor, latent_index: Sequence[int] | None,
+    *prompt_sets: list[str],
     latents_name: str = "anchor_latents",
 ) -> LoraRun:
     """Check the latents (N, C, h, w) and which prompt each came from, encode every prompt set once,
     and wrap `bundle.unet` with a fresh seeded LoRA of cfg's group and rank and its optimiser."""
-    check_run_config(cfg)
     unet = bundle.unet
     latents = check_latents(latents, unet, latents_name)
     index = prompt_index(latents.shape[0], len(prompt_sets[0]), latent_index)
@@ -177,25 +157,6 @@ def apply_step(optimizer: torch.optim.Optimizer, params: Sequence[nn.Parameter],
         p.grad = g.to(p.dtype)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-
-
-def plain_lora_step(
-    unet: nn.Module,
-    params: list[nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    scheduler,
-    x0: Tensor,
-    context: Tensor,
-    generator: torch.Generator,
-    max_grad_norm: float | None = 1.0,
-) -> float:
-    """One plain LoRA denoising fine-tune step (MSE to the eps/v target) on (x0, context): the speed
-    baseline DoCo's overhead is measured against. Returns the loss."""
-    x_t, noise, t = noisy_latents(scheduler, x0, generator)
-    loss = mse(unet_pred(unet, x_t, t, context), target_for(scheduler, x0, noise, t))
-    grads, _ = clip_grads(grads_of(loss, params), max_grad_norm)
-    apply_step(optimizer, params, grads)
-    return float(loss.detach())
 
 
 def progress_bar(total: int, enabled: bool, desc: str):

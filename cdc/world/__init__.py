@@ -1,1 +1,1 @@
-"""The embedded emoji world: concepts, renders, captions (design section 3)."""
+"""The embedded emoji world: concepts, renders, captions."""

@@ -1,0 +1,69 @@
+"""Base of every configuration dataclass: value checks that run however the dataclass is built."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Literal
+
+
+def bounded(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
+            hi_open: bool = False) -> Any:
+    """A required dataclass field whose value must lie in [lo, hi] (open ends with lo_open / hi_open)."""
+    return dataclasses.field(metadata={"range": (lo, hi, lo_open, hi_open)})
+
+
+def _range_text(lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> str:
+    """'>= 1', '> 0', 'in [0, 1)' and so on."""
+    if hi is None:
+        return f"{'>' if lo_open else '>='} {lo}"
+    if lo is None:
+        return f"{'<' if hi_open else '<='} {hi}"
+    return f"in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+
+def _in_range(value: float, lo: float | None, hi: float | None, lo_open: bool, hi_open: bool) -> bool:
+    """Whether value lies in the (half-)open interval."""
+    if lo is not None and (value < lo or (lo_open and value == lo)):
+        return False
+    return hi is None or not (value > hi or (hi_open and value == hi))
+
+
+def _check_value(name: str, tp: Any, value: Any, bounds: tuple | None) -> None:
+    """Raise ValueError when a value cannot run: non-finite, out of range or not one of a Literal's options."""
+    if typing.get_origin(tp) is Literal and value not in typing.get_args(tp):
+        choices = ", ".join(repr(a) for a in typing.get_args(tp))
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    items = value if isinstance(value, (list, tuple)) else [value]
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, (int, float)):
+            continue
+        if not math.isfinite(item):
+            raise ValueError(f"{name} must be finite, got {item}")
+        if bounds is not None and not _in_range(item, *bounds):
+            raise ValueError(f"{name} must be {_range_text(*bounds)}, got {item}")
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """Frozen dataclass base: numbers finite and inside their `bounded` ranges, Literal fields one of their options."""
+
+    def __post_init__(self) -> None:
+        """Check every field (subclasses add cross-field rules and call this first)."""
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            _check_value(f.name, hints[f.name], getattr(self, f.name), f.metadata.get("range"))
+
+
+def check_names(what: str, names: list[str], known: tuple[str, ...] | None = None) -> None:
+    """A non-empty list of distinct names, each one of `known` when given."""
+    if not names:
+        raise ValueError(f"{what} is empty")
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"{what} lists {', '.join(dup)} more than once")
+    if known is not None:
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"{what}: unknown {unknown[0]!r} (known: {', '.join(known)})")

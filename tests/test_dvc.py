@@ -1,0 +1,278 @@
+"""dvc.yaml and dvc.lock against the tree: each stage depends on exactly the cdc modules its notebook imports,
+every dep exists, and every stage ran on the same world model, judge and built world.
+
+Everything is computed from the files on disk (the notebooks, the cdc package, dvc.yaml, dvc.lock), so the
+tests follow renames and splits of cdc modules; their failure messages print the dvc.yaml lines to change.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml import YAML
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = "cdc"
+NOTEBOOK = re.compile(r"notebooks/[\w.-]+\.ipynb")
+TEMPLATE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
+# Outputs that many stages read: (producing stage, output path). Every stage that lists one as a dep must have
+# been run on the version that the producer recorded.
+SHARED_OUTPUTS = [("pretrain", "data/models/world"), ("judge", "data/models/judge"), ("world", "data/world/built")]
+
+
+# ---------------------------------------------------------------- dvc.yaml
+
+
+def read_yaml(path: Path) -> Any:
+    return YAML(typ="safe", pure=True).load(path.read_text(encoding="utf-8"))
+
+
+def stage_bodies() -> dict[str, dict]:
+    """Stage name -> the stage's definition, the `do` body for a `foreach` stage (its deps apply to all items)."""
+    stages = read_yaml(REPO / "dvc.yaml")["stages"]
+    return {name: (stage["do"] if "foreach" in stage else stage) for name, stage in stages.items()}
+
+
+def dep_paths(body: dict) -> list[str]:
+    """The dep paths of a stage, as written (a dep may be a plain string or a one-key mapping)."""
+    out = []
+    for dep in body.get("deps", []) or []:
+        out.extend([dep] if isinstance(dep, str) else list(dep))
+    return [str(d).strip().rstrip("/") for d in out]
+
+
+def stage_notebook(body: dict) -> str:
+    found = NOTEBOOK.findall(" ".join(body["cmd"]) if isinstance(body["cmd"], list) else body["cmd"])
+    assert found, f"no notebooks/*.ipynb in cmd {body['cmd']!r}"
+    return found[0]
+
+
+def is_package_dep(dep: str) -> bool:
+    return dep == PACKAGE or dep.startswith(PACKAGE + "/")
+
+
+def covers(dep: str, file: str) -> bool:
+    """A dep covers a file when it is the file itself or a folder above it."""
+    return file == dep or file.startswith(dep + "/")
+
+
+# ---------------------------------------------------------------- import closure
+
+
+def module_file(module: str) -> str | None:
+    """cdc.x.y -> 'cdc/x/y.py' or 'cdc/x/y/__init__.py' (relative to the repository), None when neither exists."""
+    base = Path(*module.split("."))
+    for candidate in (base.with_name(base.name + ".py"), base / "__init__.py"):
+        if (REPO / candidate).is_file():
+            return candidate.as_posix()
+    return None
+
+
+def imported_modules(tree: ast.AST, module: str = "", is_package: bool = False) -> Iterator[str]:
+    """Every cdc module imported anywhere in the tree (function bodies included), relative imports resolved
+    against `module`. `from cdc.x import y` is cdc.x.y when that is a module, else cdc.x."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = module.split(".") if is_package else module.split(".")[:-1]
+                parts = parts[: len(parts) - (node.level - 1)]
+                base = ".".join(parts + ([node.module] if node.module else []))
+            else:
+                base = node.module or ""
+            if base.split(".")[0] != PACKAGE:
+                continue
+            for alias in node.names:
+                sub = f"{base}.{alias.name}"
+                yield sub if alias.name != "*" and module_file(sub) else base
+
+
+def with_parents(module: str) -> list[str]:
+    """Importing cdc.a.b runs cdc/__init__.py and cdc/a/__init__.py too."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def closure(roots: Iterable[str]) -> tuple[set[str], set[str]]:
+    """(files of the cdc modules reachable from `roots`, modules that name no file)."""
+    files: set[str] = set()
+    unresolved: set[str] = set()
+    todo = [m for m in roots if m.split(".")[0] == PACKAGE]
+    while todo:
+        for module in with_parents(todo.pop()):
+            file = module_file(module)
+            if file is None:
+                unresolved.add(module)
+                continue
+            if file in files:
+                continue
+            files.add(file)
+            tree = ast.parse((REPO / file).read_text(encoding="utf-8"), filename=file)
+            found = imported_modules(tree, module, file.endswith("__init__.py"))
+            todo.extend(m for m in found if m.split(".")[0] == PACKAGE)
+    return files, unresolved
+
+
+def notebook_imports(notebook: str) -> set[str]:
+    """The cdc modules imported by the code cells of a notebook (IPython magic and shell lines dropped)."""
+    cells = json.loads((REPO / notebook).read_text(encoding="utf-8"))["cells"]
+    out: set[str] = set()
+    for i, cell in enumerate(cells):
+        if cell["cell_type"] != "code":
+            continue
+        source = cell["source"] if isinstance(cell["source"], str) else "".join(cell["source"])
+        lines = [line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))]
+        tree = ast.parse("\n".join(lines), filename=f"{notebook} cell {i}")
+        out.update(m for m in imported_modules(tree) if m.split(".")[0] == PACKAGE)
+    return out
+
+
+def package_files() -> list[str]:
+    files = (REPO / PACKAGE).rglob("*.py")
+    return sorted(p.relative_to(REPO).as_posix() for p in files if "__pycache__" not in p.parts)
+
+
+def folded(files: set[str], every: list[str]) -> list[str]:
+    """The closure as deps: a sub-package folder where every module under it is in the closure, files otherwise."""
+    folders = sorted({Path(f).parent.as_posix() for f in every} - {PACKAGE}, key=lambda d: d.count("/"))
+    deps: list[str] = []
+    for folder in folders:
+        under = [f for f in every if covers(folder, f)]
+        if all(f in files for f in under) and not any(covers(d, folder) for d in deps):
+            deps.append(folder)
+    deps += [f for f in files if not any(covers(d, f) for d in deps)]
+    return sorted(deps)
+
+
+def stage_analysis(body: dict) -> dict[str, Any]:
+    """What a stage imports against what its deps declare.
+
+    missing: closure files no dep covers. unused: cdc deps to drop, each with the reason. ideal: the cdc deps the
+    stage should list (a folder where every module under it is imported, files otherwise), sorted.
+    unresolved: imported cdc modules that name no file (the notebook would fail).
+    """
+    files, unresolved = closure(notebook_imports(stage_notebook(body)))
+    deps = [d for d in dep_paths(body) if is_package_dep(d)]
+    every = package_files()
+    missing = sorted(f for f in files if not any(covers(d, f) for d in deps))
+    unused: dict[str, str] = {}
+    for dep in deps:
+        covered = [f for f in every if covers(dep, f)]
+        needed = [f for f in covered if f in files]
+        if not needed:
+            unused[dep] = "imports no module under it" if covered else "names no module of the package"
+        elif len(needed) < len(covered):
+            unused[dep] = "folder also covers modules not imported: " + ", ".join(f for f in covered if f not in files)
+        elif any(o != dep and covers(o, dep) for o in deps):
+            unused[dep] = "already covered by a folder dep"
+    return {"files": files, "unresolved": sorted(unresolved), "missing": missing, "unused": unused,
+            "deps": deps, "ideal": folded(files, every)}
+
+
+def fix_lines(name: str, body: dict, result: dict[str, Any]) -> str:
+    """The dvc.yaml edit for one stage: lines to add and to remove, then the cdc block as it should read."""
+    ideal = result["ideal"]
+    lines = [f"stage {name} ({stage_notebook(body)}):"]
+    lines += [f"  add:    - {d}" for d in ideal if d not in result["deps"]]
+    for dep in result["deps"]:
+        if dep not in ideal:
+            why = result["unused"].get(dep) or "covered by " + " ".join(d for d in ideal if covers(d, dep))
+            lines.append(f"  remove: - {dep}    # {why}")
+    lines += [f"  unresolved import: {m}" for m in result["unresolved"]]
+    lines += ["  cdc deps should read:"] + [f"      - {d}" for d in ideal]
+    return "\n".join(lines)
+
+
+def test_closure_helpers():
+    """The closure resolves `from pkg import module`, includes parent packages and walks nested imports."""
+    tree = ast.parse("def f():\n    from cdc.world import captions\n    import cdc.io\nfrom cdc.params import X\n")
+    found = set(imported_modules(tree))
+    assert found == {"cdc.world.captions", "cdc.io", "cdc.params"}
+    files, unresolved = closure(["cdc.world.captions", "cdc.nope"])
+    assert {"cdc/__init__.py", "cdc/world/__init__.py", "cdc/world/captions.py"} <= files
+    assert unresolved == {"cdc.nope"}
+    assert covers("cdc/world", "cdc/world/captions.py") and not covers("cdc/world", "cdc/worlds.py")
+
+
+def test_stage_deps_cover_notebook_imports():
+    failures = []
+    for name, body in stage_bodies().items():
+        result = stage_analysis(body)
+        if result["missing"] or result["unresolved"]:
+            failures.append(fix_lines(name, body, result))
+    assert not failures, "cdc modules imported by a stage's notebook but not in its deps:\n" + "\n".join(failures)
+
+
+def test_stage_deps_have_no_unused_cdc_modules():
+    failures = []
+    for name, body in stage_bodies().items():
+        result = stage_analysis(body)
+        if result["unused"]:
+            failures.append(fix_lines(name, body, result))
+    assert not failures, "cdc deps that the stage's notebook does not import (needless re-runs):\n" + "\n".join(
+        failures)
+
+
+def test_deps_exist():
+    missing = [f"{name}: {dep}" for name, body in stage_bodies().items() for dep in dep_paths(body)
+               if "${" not in dep and not (REPO / dep).exists()]
+    assert not missing, "dvc.yaml deps that are not in the tree:\n" + "\n".join(missing)
+
+
+# ---------------------------------------------------------------- dvc.lock
+
+
+def template_value(value: Any, variables: dict) -> Any:
+    """Resolve a whole-string `${a.b}` against the variables (params.yaml and dvc.yaml `vars`)."""
+    if not isinstance(value, str):
+        return value
+    match = TEMPLATE.fullmatch(value.strip())
+    assert match, f"cannot expand {value!r}"
+    node: Any = variables
+    for key in match.group(1).split("."):
+        node = node[key]
+    return node
+
+
+def stage_instances() -> list[str]:
+    """The names dvc gives the stages of dvc.yaml: `name`, `name@item` (foreach), `name@a-b` (matrix)."""
+    dvc = read_yaml(REPO / "dvc.yaml")
+    variables = dict(read_yaml(REPO / "params.yaml")) if (REPO / "params.yaml").exists() else {}
+    for entry in dvc.get("vars", []) or []:
+        variables.update(entry if isinstance(entry, dict) else read_yaml(REPO / str(entry).split(":")[0]))
+    names = []
+    for name, stage in dvc["stages"].items():
+        if "foreach" in stage:
+            items = template_value(stage["foreach"], variables)
+            keys = list(items) if isinstance(items, dict) else [
+                item if isinstance(item, str | int | float) else i for i, item in enumerate(items)]
+            names += [f"{name}@{key}" for key in keys]
+        elif "matrix" in stage:
+            axes = [template_value(v, variables) for v in stage["matrix"].values()]
+            names += [f"{name}@" + "-".join(str(v) for v in combo) for combo in itertools.product(*axes)]
+        else:
+            names.append(name)
+    return names
+
+
+def test_lock_uses_one_world_model():
+    lock = read_yaml(REPO / "dvc.lock")["stages"]
+    problems = [f"{name}: in dvc.yaml but not in dvc.lock (never run)" for name in stage_instances()
+                if name not in lock]
+    for producer, path in SHARED_OUTPUTS:
+        outs = {o["path"]: o.get("md5") for o in (lock.get(producer) or {}).get("outs", [])}
+        if path not in outs:
+            problems.append(f"{producer}: no output {path} in dvc.lock")
+            continue
+        for name, stage in lock.items():
+            for dep in stage.get("deps", []):
+                if dep["path"] == path and dep.get("md5") != outs[path]:
+                    problems.append(f"{name}: {path} {dep.get('md5')} but {producer} made {outs[path]}")
+    assert not problems, "dvc.lock stages not run on the current shared outputs:\n" + "\n".join(problems)

@@ -1,0 +1,84 @@
+"""cdc.notebook refuses a bad output path before running any cell, in one line and deleting nothing."""
+
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from cdc.io import OutputKindError
+from cdc.notebook import run_notebook
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_notebook(folder: Path) -> Path:
+    """A two-cell notebook with a tagged parameters cell (never executed by these tests)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell("raise SystemExit('must not run')"),
+    ]
+    path = folder / "08_report.ipynb"
+    nbformat.write(nb, path)
+    return path
+
+
+def executed_folder(tmp_path: Path) -> Path:
+    """A tracked output folder with an executed notebook in it."""
+    folder = tmp_path / "executed"
+    folder.mkdir()
+    (folder / "01_world.ipynb").write_text("{}")
+    return folder
+
+
+@pytest.fixture
+def main(monkeypatch):
+    """Run `python -m cdc.notebook ARGS` in this process (no 7 s re-import); returns what it exits with."""
+    monkeypatch.setitem(sys.modules, "papermill", None)  # any import of papermill would fail
+
+    def run(*args: str) -> object:
+        monkeypatch.setattr(sys, "argv", ["cdc.notebook", *args])
+        with pytest.raises(SystemExit) as info:
+            runpy.run_module("cdc.notebook", run_name="__main__", alter_sys=False)
+        return info.value.code
+
+    return run
+
+
+def test_folder_as_output_is_refused_before_running(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "papermill", None)  # any import of papermill would fail
+    folder = executed_folder(tmp_path)
+    with pytest.raises(OutputKindError, match=r"executed: it exists as a directory and the output is a file"):
+        run_notebook(write_notebook(tmp_path), folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["01_world.ipynb"]
+
+
+def test_main_refuses_a_folder_in_one_line(tmp_path):
+    folder = executed_folder(tmp_path)
+    cmd = [sys.executable, "-m", "cdc.notebook", str(write_notebook(tmp_path)), str(folder)]
+    result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode != 0
+    assert result.stderr.startswith(f"error: cannot write {folder}: it exists as a directory"), result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["01_world.ipynb"]
+
+
+@pytest.mark.filterwarnings("ignore:'cdc.notebook' found in sys.modules:RuntimeWarning")
+def test_main_reports_a_file_in_the_way_of_the_folder(tmp_path, main):
+    (tmp_path / "executed").write_text("not a folder")
+    code = main(str(write_notebook(tmp_path)), str(tmp_path / "executed" / "08_report.ipynb"))
+    assert code == f"error: cannot write {tmp_path}/executed/08_report.ipynb: {tmp_path}/executed is a file, " \
+                   "not a directory"
+    assert (tmp_path / "executed").read_text() == "not a folder"
+
+
+@pytest.mark.filterwarnings("ignore:'cdc.notebook' found in sys.modules:RuntimeWarning")
+def test_main_reports_an_unreadable_notebook_in_one_line(tmp_path, main):
+    src = tmp_path / "broken.ipynb"
+    src.write_text("{not json")
+    code = main(str(src), str(tmp_path / "out.ipynb"), "-p", "x", "1")
+    assert isinstance(code, str) and code.startswith(f"error: {src}: not a readable notebook: "), code
+    assert not (tmp_path / "out.ipynb").exists()

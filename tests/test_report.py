@@ -1,0 +1,107 @@
+"""The report's markdown tables, and the README's copies of them staying in sync with the pipeline's."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from cdc.io import save_json
+from cdc.params import ReportParams
+from cdc.report import README_BLOCKS, erase_table, markdown_table, sync_block, sync_readme, world_markdown
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = ReportParams(in_set_max=0.05, out_of_set_max=0.15, neighbors_min=0.9, retain_all_min=0.95, confidence=0.95)
+COUNTS = {"in_set_n": 40, "out_of_set_n": 32, "retain_all_n": 48, "retain_neighbors_n": 40}
+WORLD = {"n_concepts": 330, "judge_concept_acc": 0.9996, "judge_style_acc": 1.0, "base_concept_acc": 0.981,
+         "base_style_acc": 0.998, "base_oos_rate": {"church": 0.81, "parachute": 0.94}, "world_fid": 1.1994,
+         "pretrain_seconds": 3150.0, "unet_parameters": 7183564, "precision": "bf16"}
+
+
+@pytest.fixture
+def table(tmp_path) -> pd.DataFrame:
+    """Two families, base + two methods each, as `erase_table` builds them from evaluation files."""
+    for concept in ("church", "fish"):
+        rows = [{"concept": concept, "method": m, "in_set": i, "out_of_set": o, "retain_all": a,
+                 "retain_neighbors": r, "world_fid": f, **COUNTS}
+                for m, i, o, a, r, f in [("base", 0.9, 0.75, 1.0, 1.0, 3.2), ("doco", 0.0, 0.0, 0.9375, 0.4, 6.8),
+                                         ("esd", 0.0, 0.0625, 1.0, 0.95, 30.0)]]
+        save_json(rows, tmp_path / "eval" / f"{concept}.json")
+        save_json({"seconds": 82.8, "peak_mem_mb": 749}, tmp_path / "erase" / concept / "doco.json")
+    return erase_table(["church", "fish"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS)
+
+
+def rows_of(md: str) -> list[list[str]]:
+    """The body rows of the first markdown table in `md`, as stripped cells."""
+    lines = [ln for ln in md.splitlines() if ln.startswith("|")]
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in lines[2:]]
+
+
+def test_markdown_table_has_every_family_and_method_with_intervals(table):
+    md = markdown_table(table, TARGETS)
+    head = md.splitlines()[0]
+    for col in ("family", "method", "in-set", "out-of-set", "neighbours", "retain", "world-FID", "seconds",
+                "targets missed"):
+        assert col in head
+    rows = rows_of(md)
+    assert [(r[0], r[1]) for r in rows] == [(c, m) for c in ("church", "fish") for m in ("base", "doco", "esd")]
+    assert all(len(r) == 9 for r in rows)
+    for r in rows:
+        for cell in r[2:6]:  # "rate (lo-hi)": the interval brackets the rate
+            rate, lo, hi = (float(x) for x in cell.replace("(", "").replace(")", "").replace("-", " ").split())
+            assert lo <= rate <= hi
+    doco = rows[1]
+    assert doco[2].startswith("0.00 (0.00-") and doco[5].startswith("0.94 (")
+    assert doco[7] == "83"  # seconds from the erase run; the base row has none
+    assert rows[0][7] == "" and rows[0][8] == ""
+    # 16/40 neighbours misses clearly; 45/48 retained misses only within sampling noise (starred)
+    assert doco[8] == "neighbours, retain*"
+    assert rows[2][8] == "none"  # esd meets every target
+    assert "95% Wilson interval" in md and "out-of-set <= 0.15" in md
+
+
+def test_markdown_table_reads_back_from_the_csv(table, tmp_path):
+    """The notebook's CSV (empty `missed` read as NaN) gives the same markdown as the live table."""
+    path = tmp_path / "erase.csv"
+    table.to_csv(path, index=False, float_format="%.4f")
+    assert markdown_table(pd.read_csv(path), TARGETS) == markdown_table(table, TARGETS)
+
+
+def test_world_markdown():
+    md = world_markdown(WORLD)
+    assert "| 330 |" in md and "0.9996 / 1.0000" in md and "0.981 / 0.998" in md and "| 1.20 |" in md
+    assert "parachute 0.94, church 0.81" in md  # highest rate first
+    assert "52.5 min, 7.2 M-parameter UNet, bf16" in md
+    without = {k: v for k, v in WORLD.items() if k not in ("pretrain_seconds", "unet_parameters", "precision")}
+    assert "pretraining" not in world_markdown(without)
+
+
+def test_sync_block_replaces_only_between_markers():
+    text = "intro\n<!-- t:start -->\nold\nrows\n<!-- t:end -->\nafter\n"
+    new = sync_block(text, "t", "new\n")
+    assert new == "intro\n<!-- t:start -->\nnew\n<!-- t:end -->\nafter\n"
+    assert sync_block(new, "t", "new") == new  # idempotent; trailing newlines do not matter
+    with pytest.raises(ValueError, match="markers"):
+        sync_block(text, "other", "x")
+    with pytest.raises(ValueError, match="markers"):
+        sync_block("<!-- t:end -->\n<!-- t:start -->\n", "t", "x")
+
+
+def test_sync_readme_rewrites_the_blocks(tmp_path):
+    for name, path in README_BLOCKS.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(f"| {name} |\n")
+    readme = tmp_path / "README.md"
+    readme.write_text("".join(f"# {n}\n<!-- {n}:start -->\nstale\n<!-- {n}:end -->\n" for n in README_BLOCKS))
+    assert sync_readme(readme) and "stale" not in readme.read_text()
+    assert "| erase-table |" in readme.read_text()
+    assert not sync_readme(readme)
+
+
+def test_readme_tables_in_sync():
+    """README.md shows the tables the pipeline generated (paper/generated/*.md), not hand-copied numbers."""
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    for name, path in README_BLOCKS.items():
+        generated = (REPO / path).read_text(encoding="utf-8")
+        assert sync_block(readme, name, generated) == readme, (
+            f"README.md's {name} block differs from {path} (written by `dvc repro report`): "
+            "run `python -m cdc.report --sync-readme` and commit README.md")
