@@ -20,3 +20,27 @@ def random_latents(bundle: ModelBundle, n: int = 4, seed: int = 0) -> torch.Tens
     c = bundle.unet.config
     g = torch.Generator().manual_seed(seed)
     return 0.5 * torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=g)
+
+
+def teach(bundle: ModelBundle, prompts: list[str], latents: torch.Tensor, steps: int, seed: int = 0) -> ModelBundle:
+    """A copy of `bundle` whose UNet was trained `steps` Adam steps to denoise latents[i] (N, C, h, w) for
+    prompts[i], then frozen: a tiny model that draws different things for different prompts."""
+    from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
+
+    bundle = fresh(bundle)
+    n_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures start before the function-scoped `one_thread`
+    ctx = bundle.text.encode(prompts)  # (N, L, D)
+    gen = torch.Generator().manual_seed(seed)
+    opt = torch.optim.Adam(bundle.unet.parameters(), lr=3e-3)
+    bundle.unet.train()
+    for _ in range(steps):
+        x_t, noise, t = noisy_latents(bundle.scheduler, latents, gen)
+        loss = mse(unet_pred(bundle.unet, x_t, t, ctx), target_for(bundle.scheduler, latents, noise, t))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    opt.zero_grad(set_to_none=True)  # no gradient left on the parameters
+    bundle.unet.eval().requires_grad_(False)
+    torch.set_num_threads(n_threads)
+    return bundle

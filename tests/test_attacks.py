@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import fresh, random_latents
+from helpers import fresh, random_latents, teach
 
 from cdc.attacks.asr import attack_success_rate
 from cdc.attacks.embeddings import (
@@ -26,7 +26,6 @@ from cdc.attacks.prefix import (
     t_grid,
 )
 from cdc.methods.ca import train_ca
-from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -38,22 +37,9 @@ CFG = PrefixAttackConfig(k=3, iterations=20, timesteps=2, t_schedule="grid", lr=
 @pytest.fixture(scope="module")
 def taught(tiny_world_bundle):
     """The tiny world UNet trained 100 steps to draw latents X for CHURCH and Y for HOUSE: (bundle, X, Y)."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the function-scoped `one_thread`
-    bundle = fresh(tiny_world_bundle)
-    x, y = random_latents(bundle, n=2, seed=1), random_latents(bundle, n=2, seed=2)
-    x0, ctx = torch.cat([x, y]), bundle.text.encode([CHURCH, CHURCH, HOUSE, HOUSE])
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(bundle.unet.parameters(), lr=3e-3)
-    bundle.unet.train()
-    for _ in range(100):
-        x_t, noise, t = noisy_latents(bundle.scheduler, x0, gen)
-        loss = mse(unet_pred(bundle.unet, x_t, t, ctx), target_for(bundle.scheduler, x0, noise, t))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    bundle.unet.eval().requires_grad_(False)
-    torch.set_num_threads(n_threads)
+    x = random_latents(tiny_world_bundle, n=2, seed=1)
+    y = random_latents(tiny_world_bundle, n=2, seed=2)
+    bundle = teach(tiny_world_bundle, [CHURCH, CHURCH, HOUSE, HOUSE], torch.cat([x, y]), steps=100)
     return bundle, x, y
 
 

@@ -8,7 +8,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from helpers import fresh, random_latents
+from helpers import random_latents, teach
 
 from cdc.attacks.embeddings import token_table
 from cdc.attacks.inversion import (
@@ -23,7 +23,6 @@ from cdc.attacks.inversion import (
     sample_with_context,
     sample_with_embedding,
 )
-from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.sampler import sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -55,23 +54,10 @@ def _draws(shape: tuple[int, ...], n: int = 8) -> list[tuple[torch.Tensor, torch
 @pytest.fixture(scope="module")
 def taught(tiny_world_bundle):
     """The tiny world UNet taught 60 steps to draw latents X for "a church" and Y for "a house": (bundle, X)."""
-    n_threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # module fixtures start before the function-scoped `one_thread`
-    bundle = fresh(tiny_world_bundle)
-    x, y = random_latents(bundle, n=2, seed=1), random_latents(bundle, n=2, seed=2)
-    x0 = torch.cat([x, y])
-    ctx = bundle.text.encode([fill("a {}", CHURCH)] * 2 + [fill("a {}", HOUSE)] * 2)
-    gen = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(bundle.unet.parameters(), lr=3e-3)
-    for _ in range(60):
-        x_t, noise, t = noisy_latents(bundle.scheduler, x0, gen)
-        loss = mse(unet_pred(bundle.unet, x_t, t, ctx), target_for(bundle.scheduler, x0, noise, t))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    opt.zero_grad()  # no gradient left on the parameters: the frozen test checks none appears
-    bundle.unet.eval().requires_grad_(False)
-    torch.set_num_threads(n_threads)
+    x = random_latents(tiny_world_bundle, n=2, seed=1)
+    y = random_latents(tiny_world_bundle, n=2, seed=2)
+    prompts = [fill("a {}", CHURCH)] * 2 + [fill("a {}", HOUSE)] * 2
+    bundle = teach(tiny_world_bundle, prompts, torch.cat([x, y]), steps=60)
     return bundle, x
 
 
