@@ -1,4 +1,5 @@
-"""Command line: `cdc generate` (prompts -> PNGs + grid) and `cdc judge` (folder of images -> CSV)."""
+"""Command line: `cdc generate` (prompts -> PNGs + grid), `cdc judge` (folder of images -> CSV) and `cdc erase`
+(a concept as text -> a LoRA folder; cdc/commands/erase.py)."""
 
 from __future__ import annotations
 
@@ -199,9 +200,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `cdc` argument parser."""
+    from cdc.commands.erase import add_erase_parser
     from cdc.system import Precision
 
-    parser = argparse.ArgumentParser(prog="cdc", description="Concept erasure toolkit: generate and judge images.")
+    parser = argparse.ArgumentParser(prog="cdc", description="Concept erasure toolkit: erase, generate and judge.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images for prompts into a folder (PNGs, grid.png, prompts.json)")
@@ -237,6 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     j.add_argument("--quiet", action="store_true")
     j.set_defaults(func=cmd_judge)
+
+    add_erase_parser(sub)
     return parser
 
 

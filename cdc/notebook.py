@@ -21,6 +21,11 @@ from cdc.io import atomic_path, check_output
 from cdc.params import parse_yaml
 
 KERNEL = "python3"
+# Exceptions raised inside a notebook that report bad input rather than a bug: shown as one line.
+USER_ERRORS = frozenset({
+    "CdcError", "ParamsError", "LoraError", "NaNLossError", "OutputKindError", "ValueError", "KeyError",
+    "FileNotFoundError", "FileExistsError", "PermissionError", "IsADirectoryError", "NotADirectoryError", "OSError",
+})
 
 
 def _parameters_cells(nb: nbformat.NotebookNode) -> list[nbformat.NotebookNode]:
@@ -149,6 +154,8 @@ if __name__ == "__main__":
     import argparse
     import sys
 
+    from papermill.exceptions import PapermillExecutionError
+
     from cdc.errors import CdcError
 
     parser = argparse.ArgumentParser(
@@ -179,3 +186,10 @@ if __name__ == "__main__":
         )
     except (CdcError, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    except PapermillExecutionError as exc:
+        # A problem the user can fix (bad input, a missing file) is one line; anything else is a bug,
+        # whose traceback papermill has already formatted.
+        where = f"{args.src}, cell {exc.exec_count}"
+        if exc.ename in USER_ERRORS:
+            sys.exit(f"error: {where}: {exc.ename}: {exc.evalue}")
+        sys.exit(f"error: {where} failed:\n" + "\n".join(exc.traceback))

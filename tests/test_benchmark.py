@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-KEPT = ("erase_speed", "erase_sweep", "pretrain_speed", "sample_speed", "sweep_summary")
+KEPT = ("erase_speed", "erase_sweep", "pretrain_speed", "sample_speed", "sd_speed", "sweep_summary")
 
 
 def load_script(name: str) -> ModuleType:
@@ -213,3 +213,26 @@ def test_pretrain_speed_times_precisions_and_attention_kernels_on_the_pretrain_l
     assert "ratio bf16 / fp32 =" in out and "ratio bf16 unfused / fp32 =" in out
     with pytest.raises(SystemExit):
         module.main(["--params", str(smoke_params_path), "--steps", "0"])
+
+
+def test_sd_speed_times_every_method_on_a_tiny_sd_and_projects_a_concept(smoke_params_path, tmp_path, capsys):
+    module = load_script("sd_speed")
+    out_json = tmp_path / "out" / "sd.json"
+    argv = ["--size", "tiny", "--device", "cpu", "--steps", "1", "--burn-in", "0", "--threads", "1",
+            "--params", str(smoke_params_path), "--batch-size", "2", "--attack-steps", "2", "--json", str(out_json)]
+    result = module.main(argv)
+    printed = capsys.readouterr().out
+    saved = json.loads(out_json.read_text())
+    assert set(saved["results"]) == set(result["results"]) == set(module.METHODS)
+    assert (saved["size"], saved["dtype"], saved["random_weights"]) == ("tiny", "bf16", True)
+    for name, row in saved["results"].items():
+        assert row["median_step_s"] > 0 and row["projected_minutes"] > 0 and row["peak_mb"] > 0, name
+        assert row["recipe_steps"] == module.RECIPES[name][1] and name in printed
+        assert (row["median_warmup_s"] > 0) == (module.RECIPES[name][0] > 0), name  # two-phase methods time both
+        assert row["meets_goal"] is None  # tiny size answers no goal
+    rows = saved["results"]
+    assert rows["advunlearn"]["config"]["attack_steps"] == 2 and rows["advunlearn"]["config"]["attack_method"] == "pgd"
+    assert rows["advunlearn-fast"]["config"]["attack_method"] == "fast_at" and rows["doco"]["batch_size"] == 2
+    assert "min/concept" in printed and "full AdvUnlearn:" in printed and "NOTE: not SD v1.4 size" in printed
+    with pytest.raises(SystemExit):
+        module.parse_args(["--methods", "doco,nope"])

@@ -102,22 +102,9 @@ def test_minilm_context(tiny_world_bundle) -> None:
     assert ctx.shape == (3, 25, 384) and text.dim == 384
     scale = text.pooled_scale  # the sentence token is the unit-norm pooled embedding, scaled
     torch.testing.assert_close(ctx[:, -1].norm(dim=-1), torch.full((3,), scale))
-    torch.testing.assert_close(ctx[:, -1], scale * text.pooled(["a church", "", "a very long prompt " * 10]))
+    assert not torch.allclose(ctx[0, -1], ctx[1, -1])  # the sentence token carries the prompt
     assert ctx[0, 5:24].abs().max() == 0  # "a church" = 4 tokens; padding zeroed
     assert not any(p.requires_grad for p in text.model.parameters())
-
-
-@pytest.mark.parametrize("which", ["world", "sd"])
-def test_encode_from_embeddings_has_gradients(which, tiny_world_bundle, tiny_sd_bundle) -> None:
-    text = (tiny_world_bundle if which == "world" else tiny_sd_bundle).text
-    tokens = text.tokenize(["a church", "a fish"])
-    emb = text.token_embeddings()(tokens.input_ids).detach().requires_grad_(True)
-    ctx = text.encode_embeddings(emb, tokens)
-    torch.testing.assert_close(ctx, text.encode(["a church", "a fish"]))
-    ctx.sum().backward()
-    assert emb.grad is not None and emb.grad.abs().sum() > 0
-    # The hook is removed afterwards: plain encoding ignores the old embeddings.
-    torch.testing.assert_close(text.encode(["a church", "a fish"]), ctx.detach())
 
 
 def test_load_lora(tiny_world_bundle, save_random_lora: Callable, tmp_path: Path) -> None:

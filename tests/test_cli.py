@@ -329,3 +329,30 @@ def test_sd_hub_id_offline_fails_at_once(tmp_path: Path, capsys: pytest.CaptureF
     assert main([*args, *FAST]) == 2
     assert "not in the Hugging Face cache" in capsys.readouterr().err
     assert time.perf_counter() - start < 10
+
+
+def test_judge_refuses_a_decompression_bomb(
+    judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 is then over twice the limit
+    args = ["judge", "--judge", str(judge_dir), "--images", str(folder), "--quiet", "--device", "cpu"]
+    assert main(args) == 2
+    assert "big.png is too large to decode" in capsys.readouterr().err
+
+
+def test_judge_names_a_corrupt_judge(judge_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    broken = tmp_path / "judge"
+    shutil.copytree(judge_dir, broken)
+    weights = next(p for p in broken.iterdir() if p.suffix == ".safetensors")
+    weights.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(folder / "a.png")
+    assert main(["judge", "--judge", str(broken), "--images", str(folder), "--quiet", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert f"judge at {broken} could not be read" in err and len(err.strip().splitlines()) == 1

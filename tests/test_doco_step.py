@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 
 import pytest
 import torch
+from helpers import fresh, random_latents
 
 from cdc.methods.doco import HISTORY_KEYS, StepReport, doco_run, doco_step, train_doco
 
@@ -15,17 +15,6 @@ ANCHORS = ["a house", "a small house"]
 FAST = {"steps": 5, "warmup_steps": 2, "batch_size": 2, "log_every": 1, "lora_rank": 2, "d_width": 8}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _fresh(bundle):
-    """A bundle sharing everything but the UNet, which training mutates (adds a LoRA)."""
-    return dataclasses.replace(bundle, unet=copy.deepcopy(bundle.unet))
-
-
-def _latents(bundle, n: int = 4, seed: int = 0) -> torch.Tensor:
-    c = bundle.unet.config
-    g = torch.Generator().manual_seed(seed)
-    return 0.5 * torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=g)
 
 
 def _cfg(smoke_params, **overrides):
@@ -38,10 +27,10 @@ def _lora(unet) -> dict[str, torch.Tensor]:
 
 def _steps(bundle, cfg, n: int) -> tuple[list[StepReport], list[str], dict[str, torch.Tensor]]:
     """Run steps 1..n through the public API on a fresh copy: (reports, LoRA names, LoRA tensors)."""
-    fresh = _fresh(bundle)
-    with doco_run(fresh, TARGETS, ANCHORS, _latents(fresh), cfg) as state:
+    run_bundle = fresh(bundle)
+    with doco_run(run_bundle, TARGETS, ANCHORS, random_latents(run_bundle), cfg) as state:
         reports = [doco_step(state, step) for step in range(1, n + 1)]
-    return reports, state.names, _lora(fresh.unet)
+    return reports, state.names, _lora(run_bundle.unet)
 
 
 @pytest.mark.parametrize(
@@ -50,8 +39,8 @@ def _steps(bundle, cfg, n: int) -> tuple[list[StepReport], list[str], dict[str, 
 )
 def test_step_loop_is_train_doco(tiny_world_bundle, smoke_params, overrides):
     cfg = _cfg(smoke_params, **overrides)
-    fresh = _fresh(tiny_world_bundle)
-    unet, history = train_doco(fresh, TARGETS, ANCHORS, _latents(fresh), cfg, progress=False)
+    run_bundle = fresh(tiny_world_bundle)
+    unet, history = train_doco(run_bundle, TARGETS, ANCHORS, random_latents(run_bundle), cfg, progress=False)
     reports, _, lora = _steps(tiny_world_bundle, cfg, cfg.steps)
     trained = _lora(unet)
     assert lora.keys() == trained.keys() and lora
@@ -64,14 +53,14 @@ def test_step_loop_is_train_doco(tiny_world_bundle, smoke_params, overrides):
 
 def test_warmup_step_trains_only_d(tiny_world_bundle, smoke_params):
     cfg = _cfg(smoke_params)
-    fresh = _fresh(tiny_world_bundle)
-    with doco_run(fresh, TARGETS, ANCHORS, _latents(fresh), cfg) as state:
-        before = _lora(fresh.unet)
+    run_bundle = fresh(tiny_world_bundle)
+    with doco_run(run_bundle, TARGETS, ANCHORS, random_latents(run_bundle), cfg) as state:
+        before = _lora(run_bundle.unet)
         d_before = [p.detach().clone() for p in state.d_params]
         report = doco_step(state, 1)
     assert not report.trained_lora
     assert report.loss_adv is None and report.g_a is None and report.surgery is None
-    assert all(torch.equal(p, before[n]) for n, p in _lora(fresh.unet).items())
+    assert all(torch.equal(p, before[n]) for n, p in _lora(run_bundle.unet).items())
     assert any(not torch.equal(p, q) for p, q in zip(state.d_params, d_before))
     assert report.history_row(1.0)["loss_adv"] is None
     with pytest.raises(ValueError, match="warm-up"):

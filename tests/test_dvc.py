@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from ruamel.yaml import YAML
 
 REPO = Path(__file__).resolve().parents[1]
@@ -276,3 +277,28 @@ def test_lock_uses_one_world_model():
                 if dep["path"] == path and dep.get("md5") != outs[path]:
                     problems.append(f"{name}: {path} {dep.get('md5')} but {producer} made {outs[path]}")
     assert not problems, "dvc.lock stages not run on the current shared outputs:\n" + "\n".join(problems)
+
+
+CONFIG_MODULES = {"cdc/params.py", "cdc/config.py", "cdc/methods/config.py"}
+
+
+@pytest.mark.parametrize(("module", "forbidden"), [
+    ("cdc.system", CONFIG_MODULES | {"cdc/methods/__init__.py"}),
+    ("cdc.attention", CONFIG_MODULES),
+    ("cdc.io", CONFIG_MODULES),
+    ("cdc.codec", CONFIG_MODULES),
+    ("cdc.text", CONFIG_MODULES),
+    ("cdc.bundle", CONFIG_MODULES),
+    ("cdc.lora_io", CONFIG_MODULES | {"cdc/bundle.py"}),
+])
+def test_lower_layers_import_no_config(module, forbidden):
+    """Layers: the lowest modules (and the model bundle, and the LoRA files) import no configuration module, even
+    inside a function, so the import graph has no circle through params."""
+    files, _ = closure([module])
+    assert not files & forbidden, f"{module} imports {sorted(files & forbidden)}"
+
+
+def test_methods_package_imports_nothing():
+    """Reading one method's config must not import every method (it would make every stage depend on them)."""
+    files, _ = closure(["cdc.methods.config"])
+    assert files == {"cdc/__init__.py", "cdc/methods/__init__.py", "cdc/methods/config.py", "cdc/config.py"}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import math
 
 import pytest
 import torch
+from helpers import fresh, random_latents
 
 from cdc.errors import NaNLossError
 from cdc.lora_io import save_lora
@@ -29,17 +29,6 @@ DOCO_FAST = {**FAST, "warmup_steps": 1, "d_width": 8}
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _fresh(bundle):
-    """A bundle sharing everything but the UNet, which training mutates (adds a LoRA)."""
-    return dataclasses.replace(bundle, unet=copy.deepcopy(bundle.unet))
-
-
-def _latents(bundle, n: int = 4, seed: int = 0) -> torch.Tensor:
-    c = bundle.unet.config
-    g = torch.Generator().manual_seed(seed)
-    return 0.5 * torch.randn(n, c.in_channels, c.sample_size, c.sample_size, generator=g)
-
-
 def _cfg(params, method: str, **overrides):
     """The smoke params' config of `method` with the fast overrides, then `overrides`, applied."""
     fast = DOCO_FAST if method == "doco" else FAST
@@ -48,8 +37,8 @@ def _cfg(params, method: str, **overrides):
 
 def _run(method: str, bundle, params, **overrides):
     """Run one method for a few steps on a fresh copy of `bundle`."""
-    bundle = _fresh(bundle)
-    lat = _latents(bundle)
+    bundle = fresh(bundle)
+    lat = random_latents(bundle)
     cfg = _cfg(params, method, **overrides)
     if method == "doco":
         return bundle, *train_doco(bundle, TARGETS, ANCHORS, lat, cfg, progress=False)
@@ -105,12 +94,12 @@ class ToyText:
 
 
 def test_doco_discriminator_learns_then_generator_fools_it(tiny_world_bundle, smoke_params):
-    bundle = dataclasses.replace(_fresh(tiny_world_bundle), text=ToyText())
+    bundle = dataclasses.replace(fresh(tiny_world_bundle), text=ToyText())
     cfg = dataclasses.replace(
         smoke_params.erase.doco, steps=32, warmup_steps=24, batch_size=8, lr=1e-2, d_lr=2e-3, d_width=32,
         surgery="sum", prior_weight=0.0, log_every=1,
     )
-    lat = _latents(bundle, n=16, seed=1)
+    lat = random_latents(bundle, n=16, seed=1)
     _, history = train_doco(bundle, ["a church", "the church"], ["a house", "the house"], lat, cfg, progress=False)
     warm, gen = history[:24], history[24:]
     first_d = sum(r["loss_d"] for r in warm[:4]) / 4
@@ -128,8 +117,8 @@ def test_same_seed_same_lora(tiny_world_bundle, smoke_params):
 
 
 def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path, smoke_params):
-    bundle = _fresh(tiny_world_bundle)
-    lat = _latents(bundle)
+    bundle = fresh(tiny_world_bundle)
+    lat = random_latents(bundle)
     lat[:] = float("nan")
     out = tmp_path / "lora"
     with pytest.raises(NaNLossError, match=r"step 1"):
@@ -137,7 +126,7 @@ def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path, smoke_
         save_lora(unet, out, {"method": "doco"})
     assert not out.exists()
     with pytest.raises(NaNLossError, match="ESD: loss"):
-        train_esd(_fresh(tiny_world_bundle), TARGETS, lat, _cfg(smoke_params, "esd"), progress=False)
+        train_esd(fresh(tiny_world_bundle), TARGETS, lat, _cfg(smoke_params, "esd"), progress=False)
 
 
 @pytest.mark.parametrize(
@@ -152,7 +141,7 @@ def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path, smoke_
     ],
 )
 def test_bad_prompts_are_rejected(targets, anchors, match, tiny_world_bundle, smoke_params):
-    lat = _latents(tiny_world_bundle)
+    lat = random_latents(tiny_world_bundle)
     for train, cfg in ((train_doco, _cfg(smoke_params, "doco")), (train_ca, _cfg(smoke_params, "ca"))):
         with pytest.raises(ValueError, match=match):
             train(tiny_world_bundle, targets, anchors, lat, cfg, progress=False)
@@ -160,7 +149,7 @@ def test_bad_prompts_are_rejected(targets, anchors, match, tiny_world_bundle, sm
 
 
 def test_bad_latents_and_config_are_rejected(tiny_world_bundle, smoke_params):
-    lat = _latents(tiny_world_bundle)
+    lat = random_latents(tiny_world_bundle)
     doco_cfg, esd_cfg = _cfg(smoke_params, "doco"), _cfg(smoke_params, "esd")
     with pytest.raises(ValueError, match="channels"):
         train_doco(tiny_world_bundle, TARGETS, ANCHORS, lat[:, :4], doco_cfg, progress=False)

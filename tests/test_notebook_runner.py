@@ -82,3 +82,22 @@ def test_main_reports_an_unreadable_notebook_in_one_line(tmp_path, main):
     code = main(str(src), str(tmp_path / "out.ipynb"), "-p", "x", "1")
     assert isinstance(code, str) and code.startswith(f"error: {src}: not a readable notebook: "), code
     assert not (tmp_path / "out.ipynb").exists()
+
+
+@pytest.mark.filterwarnings("ignore:'cdc.notebook' found in sys.modules:RuntimeWarning")
+@pytest.mark.parametrize(("raised", "one_line"), [("KeyError(\"unknown concept family 'x'\")", True),
+                                                  ("ZeroDivisionError('bug')", False)])
+def test_main_reports_a_failing_cell(tmp_path, monkeypatch, raised, one_line):
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell("x = 1", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(f"raise {raised}")]
+    src, out = tmp_path / "05_anchors.ipynb", tmp_path / "executed" / "05_anchors.ipynb"
+    nbformat.write(nb, src)
+    monkeypatch.setattr(sys, "argv", ["cdc.notebook", str(src), str(out)])
+    with pytest.raises(SystemExit) as info:
+        runpy.run_module("cdc.notebook", run_name="__main__", alter_sys=False)
+    message = str(info.value.code)
+    assert message.startswith(f"error: {src}, cell 2")
+    assert (message.count("\n") == 0) == one_line, message
+    assert not out.exists()

@@ -1,0 +1,1 @@
+"""Attacks on erased models: UnlearnDiffAtk-style discrete prefix tokens and the attack success rate."""

@@ -1,0 +1,203 @@
+"""UnlearnDiffAtk (text_grad, prefix_k): k discrete prefix tokens that make an erased model denoise
+the base model's images of a prompt again [Zhang et al., ECCV'24; OPTML-Group/Diffusion-MU-Attack@5a3e5d3:
+src/attackers/text_grad_.py, src/tasks/classifier_.py].
+
+As released: per prefix slot a weight vector on the probability simplex over the vocabulary (start:
+uniform); every iteration draws one token per slot from those weights (forward: a one-hot sample,
+backward: the straight-through gradient clipped by hardtanh, `STERandSelect`), takes an Adam step
+(lr, weight decay) on the weights and projects them back onto the simplex (the released bisection;
+here the exact sort-based Euclidean projection, which solves the same problem). The loss is the
+erased model's denoising MSE on the target latents, fresh noise each iteration, t fixed per round on
+the grid T//n//2 + i*T//n (`sampled_t`, n = 50 released), `iterations` steps per round (40 released);
+after each round the weights are projected to tokens by argmax, and the released attack stops at the
+first round whose image the detector flags (`stop` here). White-box through the erased model's own
+text encoder and UNet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cdc.attacks.embeddings import candidate_ids, context_from_embeddings, insert_prefix, token_table, token_text
+from cdc.bundle import ModelBundle
+from cdc.config import Checked, bounded
+from cdc.methods.losses import add_noise, mse, target_for, unet_pred
+from cdc.text import Tokens
+
+Vocabulary = Literal["all", "roundtrip"]
+TSchedule = Literal["grid", "random"]
+
+
+@dataclass(frozen=True)
+class PrefixAttackConfig(Checked):
+    """Knobs of the prefix attack (released: k 5 nudity / 3 objects and style, 40 iterations, lr 0.01, wd 0.1)."""
+
+    k: int = bounded(1)  # adversarial prefix tokens
+    iterations: int = bounded(1)  # Adam steps per round
+    timesteps: int = bounded(1)  # rounds; round i uses t_i = T//n//2 + i*T//n (n = timesteps)
+    t_schedule: TSchedule  # grid: t fixed per round (released); random: t ~ U{0..T-1} per step
+    lr: float = bounded(0, lo_open=True)  # Adam learning rate on the simplex weights
+    weight_decay: float = bounded(0)  # Adam (L2) weight decay, as released
+    rand_init: bool  # start from projected U(0, 1) weights instead of uniform 1/C (released default: False)
+    vocabulary: Vocabulary  # candidate tokens (see `candidate_ids`)
+    seed: int = bounded(0)  # token draws, noise and random t
+
+
+@dataclass(frozen=True)
+class PrefixAttackResult:
+    """The attack's tokens and its trace."""
+
+    token_ids: list[int]  # k ids after the last round run (argmax of the weights, as released)
+    tokens: list[str]  # those ids decoded one by one
+    prompt: str  # the adversarial prompt text: tokens, then the original prompt
+    retokenizes: bool  # tokenizing `prompt` gives exactly the optimised ids (prefix inserted)
+    losses: list[float]  # attack loss of every iteration (sampled tokens, that iteration's noise)
+    best_iteration: int  # index of the lowest loss in `losses`
+    best_token_ids: list[int]  # the ids sampled at best_iteration
+    initial_token_ids: list[int]  # the ids sampled at iteration 0 (the random start)
+    rounds: int  # rounds run (fewer than cfg.timesteps when `stop` said so)
+
+
+def t_grid(n_train: int, n: int) -> list[int]:
+    """The released `sampled_t`: n timesteps T//n//2 + i*T//n."""
+    step = max(n_train // n, 1)
+    return list(range(step // 2, n_train, step))[:n]
+
+
+def project_simplex(w: Tensor) -> Tensor:
+    """Euclidean projection of each row of w (k, C) onto the probability simplex [Duchi et al. 2008]."""
+    u, _ = torch.sort(w, dim=-1, descending=True)
+    css = u.cumsum(-1) - 1.0
+    ind = torch.arange(1, w.shape[-1] + 1, device=w.device, dtype=w.dtype)
+    rho = (u - css / ind > 0).sum(-1, keepdim=True)  # (k, 1), >= 1
+    tau = css.gather(-1, rho - 1) / rho.to(w.dtype)
+    return (w - tau).clamp_min(0.0)
+
+
+class _SampleSTE(torch.autograd.Function):
+    """Forward: one token per row drawn from the weights, as one-hot; backward: hardtanh(grad) (`STERandSelect`)."""
+
+    @staticmethod
+    def forward(ctx, w: Tensor, generator: torch.Generator) -> Tensor:  # noqa: ANN001
+        probs = w.detach().float().cpu()
+        idx = torch.multinomial(probs, 1, generator=generator).view(-1)  # (k,)
+        return F.one_hot(idx, w.shape[-1]).to(device=w.device, dtype=w.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        return F.hardtanh(grad), None
+
+
+def prefix_embeddings(table: Tensor, tokens: Tokens, prefix: Tensor) -> Tensor:
+    """Word embeddings (1, L, D_tok) of `tokens` with rows 1..k replaced by `prefix` (k, D_tok) (carries its grad)."""
+    base = table[tokens.input_ids[0]]  # (L, D_tok)
+    k = prefix.shape[0]
+    return torch.cat([base[:1], prefix.to(base.dtype), base[1 + k :]]).unsqueeze(0)
+
+
+def attack_loss(bundle: ModelBundle, unet: nn.Module, tokens: Tokens, embeds: Tensor, x0: Tensor,
+                noise: Tensor, t: Tensor) -> Tensor:
+    """Denoising MSE of `unet` on x0 (N, C, h, w) for context from word embeddings (1, L, D_tok), noise and t (N,)."""
+    ctx = context_from_embeddings(bundle.text, tokens, embeds)  # (1, L', D)
+    ctx = ctx.to(bundle.dtype).expand(x0.shape[0], -1, -1)
+    pred = unet_pred(unet, add_noise(bundle.scheduler, x0, noise, t), t, ctx)
+    return mse(pred, target_for(bundle.scheduler, x0, noise, t))
+
+
+def prefix_loss(bundle: ModelBundle, prompt: str, prefix_ids: list[int] | None, x0: Tensor,
+                draws: list[tuple[Tensor, Tensor]], *, unet: nn.Module | None = None) -> float:
+    """Mean attack loss of a fixed prefix (None: the prompt alone) over given (noise, t) draws, no gradient."""
+    unet = bundle.unet if unet is None else unet
+    tokens = bundle.text.tokenize([prompt])
+    if prefix_ids:
+        tokens = insert_prefix(bundle.text, tokens, prefix_ids)
+    x0 = x0.to(device=bundle.device, dtype=bundle.dtype)
+    table = token_table(bundle.text)
+    with torch.no_grad():
+        embeds = table[tokens.input_ids]
+        losses = [attack_loss(bundle, unet, tokens, embeds, x0, n.to(x0), t.to(x0.device)) for n, t in draws]
+    return float(torch.stack(losses).mean())
+
+
+def adversarial_prompt(bundle: ModelBundle, prompt: str, token_ids: list[int]) -> str:
+    """The tokens' text, space-separated, then the prompt."""
+    return " ".join([*(token_text(bundle.text, i) for i in token_ids), prompt])
+
+
+def prefix_attack(
+    bundle: ModelBundle,
+    prompt: str,
+    target_latents: Tensor,
+    cfg: PrefixAttackConfig,
+    *,
+    unet: nn.Module | None = None,
+    candidates: Tensor | None = None,
+    stop: Callable[[str], bool] | None = None,
+) -> PrefixAttackResult:
+    """Optimise k prefix tokens so the (erased) model denoises `target_latents` (N, C, h, w) for the prompt.
+
+    `unet` overrides the bundle's (an erased LoRA UNet); `candidates` (C,) reuses `candidate_ids`;
+    `stop(adversarial_prompt)` is asked after every round (the released detector check) and ends the attack.
+    """
+    text, unet = bundle.text, bundle.unet if unet is None else unet
+    sched = bundle.scheduler
+    if candidates is None:
+        candidates = candidate_ids(text, cfg.vocabulary)
+    candidates = candidates.to(text.device)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x0 = target_latents.to(device=bundle.device, dtype=bundle.dtype)
+    tokens = insert_prefix(text, text.tokenize([prompt]), [0] * cfg.k)  # prefix ids filled in per step
+    full = token_table(text)  # (V, D_tok)
+    table = full[candidates].float()  # (C, D_tok)
+    n_cand = table.shape[0]
+    w0 = torch.rand(cfg.k, n_cand, generator=gen) if cfg.rand_init else torch.full((cfg.k, n_cand), 1.0 / n_cand)
+    w = project_simplex(w0.to(text.device)).requires_grad_(True)  # (k, C) simplex weights
+    opt = torch.optim.Adam([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
+    n_train = int(sched.config.num_train_timesteps)
+    losses: list[float] = []
+    sampled: list[list[int]] = []
+    final: list[int] = []
+    rounds = 0
+    for t_round in t_grid(n_train, cfg.timesteps):
+        for _ in range(cfg.iterations):
+            one_hot = _SampleSTE.apply(w, gen)  # (k, C)
+            ids = candidates[one_hot.argmax(-1)]  # (k,)
+            tokens.input_ids[0, 1 : 1 + cfg.k] = ids
+            embeds = prefix_embeddings(full, tokens, one_hot @ table)  # (1, L, D_tok)
+            noise = torch.randn(x0.shape, generator=gen).to(x0)
+            if cfg.t_schedule == "grid":
+                t = torch.full((x0.shape[0],), t_round, dtype=torch.long)
+            else:
+                t = torch.randint(0, n_train, (x0.shape[0],), generator=gen)
+            loss = attack_loss(bundle, unet, tokens, embeds, x0, noise, t.to(x0.device))
+            (grad,) = torch.autograd.grad(loss, [w])
+            w.grad = grad
+            opt.step()
+            with torch.no_grad():
+                w.copy_(project_simplex(w))
+            losses.append(float(loss.detach()))
+            sampled.append(ids.tolist())
+        rounds += 1
+        final = candidates[w.detach().argmax(-1)].tolist()  # argmax projection (`argmax_project`)
+        if stop is not None and stop(adversarial_prompt(bundle, prompt, final)):
+            break
+    adv = adversarial_prompt(bundle, prompt, final)
+    expected = insert_prefix(text, text.tokenize([prompt]), final).input_ids
+    best = min(range(len(losses)), key=losses.__getitem__)
+    return PrefixAttackResult(
+        token_ids=final,
+        tokens=[token_text(text, i) for i in final],
+        prompt=adv,
+        retokenizes=bool(torch.equal(text.tokenize([adv]).input_ids, expected)),
+        losses=losses,
+        best_iteration=best,
+        best_token_ids=sampled[best],
+        initial_token_ids=sampled[0],
+        rounds=rounds,
+    )
