@@ -154,8 +154,6 @@ if __name__ == "__main__":
     import argparse
     import sys
 
-    from papermill.exceptions import PapermillExecutionError
-
     from cdc.errors import CdcError
 
     parser = argparse.ArgumentParser(
@@ -186,7 +184,11 @@ if __name__ == "__main__":
         )
     except (CdcError, OSError, ValueError) as exc:
         sys.exit(f"error: {exc}")
-    except PapermillExecutionError as exc:
+    except Exception as exc:
+        from papermill.exceptions import PapermillExecutionError  # imported only when a cell failed
+
+        if not isinstance(exc, PapermillExecutionError):
+            raise
         # A problem the user can fix (bad input, a missing file) is one line; anything else is a bug,
         # whose traceback papermill has already formatted.
         where = f"{args.src}, cell {exc.exec_count}"
