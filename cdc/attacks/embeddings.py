@@ -69,6 +69,15 @@ def insert_prefix(text: TextEncoder, tokens: Tokens, prefix_ids: Sequence[int] |
     return Tokens(as_tensor(rows), as_tensor(masks).to(mask.dtype))
 
 
+def prefix_embeddings(table: Tensor, tokens: Tokens, prefix: Tensor) -> Tensor:
+    """Word embeddings (B, L, D_tok) of `tokens` (made by `insert_prefix`) with positions 1..k replaced by
+    `prefix`, (k, D_tok) for every row or (B, k, D_tok) per row; gradients flow to `prefix`."""
+    base = table[tokens.input_ids]  # (B, L, D_tok)
+    k = prefix.shape[-2]
+    prefix = prefix.to(base.dtype).expand(base.shape[0], k, base.shape[-1])
+    return torch.cat([base[:, :1], prefix, base[:, 1 + k :]], dim=1)
+
+
 def candidate_ids(text: TextEncoder, vocabulary: str) -> Tensor:
     """Token ids the attack may use, (C,) int64 ascending; special tokens are never candidates.
 

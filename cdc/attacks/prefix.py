@@ -24,7 +24,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cdc.attacks.embeddings import candidate_ids, context_from_embeddings, insert_prefix, token_table, token_text
+from cdc.attacks.embeddings import (
+    candidate_ids,
+    context_from_embeddings,
+    insert_prefix,
+    prefix_embeddings,
+    token_table,
+    token_text,
+)
 from cdc.bundle import ModelBundle
 from cdc.config import Checked, bounded
 from cdc.methods.losses import add_noise, mse, target_for, unet_pred
@@ -92,13 +99,6 @@ class _SampleSTE(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
         return F.hardtanh(grad), None
-
-
-def prefix_embeddings(table: Tensor, tokens: Tokens, prefix: Tensor) -> Tensor:
-    """Word embeddings (1, L, D_tok) of `tokens` with rows 1..k replaced by `prefix` (k, D_tok) (carries its grad)."""
-    base = table[tokens.input_ids[0]]  # (L, D_tok)
-    k = prefix.shape[0]
-    return torch.cat([base[:1], prefix.to(base.dtype), base[1 + k :]]).unsqueeze(0)
 
 
 def attack_loss(bundle: ModelBundle, unet: nn.Module, tokens: Tokens, embeds: Tensor, x0: Tensor,

@@ -35,7 +35,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from cdc.attacks.embeddings import candidate_ids, context_from_embeddings, insert_prefix, token_table
+from cdc.attacks.embeddings import (
+    candidate_ids,
+    context_from_embeddings,
+    insert_prefix,
+    prefix_embeddings,
+    token_table,
+)
 from cdc.bundle import ModelBundle
 from cdc.config import bounded
 from cdc.methods.config import LoraRunConfig
@@ -112,10 +118,7 @@ def adversarial_context(text: TextEncoder, adv_tokens: Tokens, delta: Tensor) ->
     """Context (B, L', D) of [SOT, delta_1..k, prompt, EOT, pad..]: delta (B, k, D_tok) fills the prefix slots
     of `adv_tokens` (made by `insert_prefix`), in word-embedding space before position embeddings
     (released `attack_type prefix_k`, `attack_embd_type word_embd`)."""
-    k = delta.shape[1]
-    embeds = token_table(text)[adv_tokens.input_ids]  # (B, L, D_tok)
-    embeds = torch.cat([embeds[:, :1], delta.to(embeds.dtype), embeds[:, 1 + k :]], dim=1)
-    return context_from_embeddings(text, adv_tokens, embeds)
+    return context_from_embeddings(text, adv_tokens, prefix_embeddings(token_table(text), adv_tokens, delta))
 
 
 def attack_loss(models: Models, x_t: Tensor, t: Tensor, adv_tokens: Tokens, delta: Tensor,
