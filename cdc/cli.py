@@ -47,7 +47,7 @@ def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> lis
     return out
 
 
-def _check_out_dir(out: Path, overwrite: bool) -> None:
+def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse to replace a non-empty output folder unless asked, or to write where a folder cannot go."""
     from cdc.io import check_output
 
@@ -85,7 +85,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         raise ValueError(f"--n must be >= 1, got {args.n}")
     cfg = sampler_settings(args)
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite)
+    check_out_dir(out, args.overwrite)
     bundle = load_bundle(args.preset, args.model, device=args.device)
     if args.lora:
         load_lora(bundle.unet, args.lora, allow_other_base=args.allow_other_base)

@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
-PRESETS = ("world", "sd")
 DEFAULT_PARAMS = {"world": REPO / "params.yaml", "sd": REPO / "params_sd.yaml"}
 DEFAULT_MODEL = {"world": str(REPO / "data" / "models" / "world"), "sd": "CompVis/stable-diffusion-v1-4"}
 DTYPES = ("auto", "fp32", "bf16", "fp16")
-ATTENTION = ("auto", "sdpa", "unfused")
 GRID_PROMPTS, GRID_SAMPLES = 4, 4  # the samples grid: the first 4 images of the first 4 prompts
 
 
@@ -149,8 +147,8 @@ def _quiet_libraries() -> None:
 def cmd_erase(args: argparse.Namespace) -> int:
     """Sample the base model's anchor (ESD: target) images, train the method's LoRA, save it with its config."""
     from cdc.attention import attention_kernel, resolve_attention
-    from cdc.bundle import load_bundle
-    from cdc.cli import _check_out_dir
+    from cdc.bundle import PRESETS, load_bundle
+    from cdc.cli import check_out_dir
     from cdc.concept import read_templates
     from cdc.erase import run_method
     from cdc.io import atomic_path, save_image, save_json, save_text
@@ -161,9 +159,9 @@ def cmd_erase(args: argparse.Namespace) -> int:
     preset = _choice("--preset", args.preset, PRESETS)
     method = _choice("--method", args.method, METHODS)
     dtype_name = _choice("--dtype", args.dtype, DTYPES)
-    attention = resolve_attention(_choice("--attention", args.attention, ATTENTION), args.device)
+    attention = resolve_attention(args.attention, args.device)  # names the allowed kernels
     out = Path(args.out)
-    _check_out_dir(out, args.overwrite)
+    check_out_dir(out, args.overwrite)
     templates_path = Path(args.templates)
     templates = read_templates(templates_path)
     concept = resolve_concept(args, templates)
