@@ -25,16 +25,6 @@ DTYPES = ("auto", "fp32", "bf16", "fp16")
 GRID_PROMPTS, GRID_SAMPLES = 4, 4  # the samples grid: the first 4 images of the first 4 prompts
 
 
-@dataclasses.dataclass(frozen=True)
-class Concept:
-    """What to erase, onto what, with which templates, and the released per-method overrides if shipped."""
-
-    concept: str
-    anchor: str
-    kind: str
-    overrides: dict[str, str]
-
-
 def _choice(flag: str, value: str, options: tuple[str, ...]) -> str:
     """`value` if it is one of `options`, else a one-line ValueError naming the flag."""
     if value not in options:
@@ -42,23 +32,24 @@ def _choice(flag: str, value: str, options: tuple[str, ...]) -> str:
     return value
 
 
-def resolve_concept(args: argparse.Namespace, templates: Any) -> Concept:
-    """--concept/--anchor/--kind, filled from the shipped concept table where the user left them out."""
-    from cdc.concept import known_concept
+def resolve_concept(args: argparse.Namespace, templates: Any) -> Any:
+    """--concept/--anchor/--kind (a `cdc.concept.KnownConcept`), filled from the shipped concept table where the
+    user left them out."""
+    from cdc.concept import KnownConcept, known_concept
 
     known = known_concept(templates, args.concept)
     if known is not None:
         # A shipped concept keeps its released per-method overrides only with its released anchor.
         same_anchor = args.anchor is None or args.anchor.strip().lower() == known.anchor.lower()
-        return Concept(known.concept, args.anchor or known.anchor, args.kind or known.kind,
+        return KnownConcept(known.concept, args.anchor or known.anchor, args.kind or known.kind,
                        known.overrides if same_anchor else {})
     if args.anchor is None:
         shipped = ", ".join(templates.concepts) or "none"
         raise ValueError(f"--anchor is required for {args.concept!r} (concepts with a shipped anchor: {shipped})")
-    return Concept(args.concept, args.anchor, args.kind or "object", {})
+    return KnownConcept(args.concept, args.anchor, args.kind or "object")
 
 
-def build_pairs(args: argparse.Namespace, templates: Any, c: Concept) -> Any:
+def build_pairs(args: argparse.Namespace, templates: Any, c: Any) -> Any:
     """Paired target/anchor prompts: the user's prompt file, else the kind's templates; at most --max-prompts."""
     from cdc.anchors import Pairs
     from cdc.cli import read_prompts
@@ -75,7 +66,7 @@ def build_pairs(args: argparse.Namespace, templates: Any, c: Concept) -> Any:
     return pairs
 
 
-def method_config(params: Any, method: str, c: Concept, args: argparse.Namespace) -> Any:
+def method_config(params: Any, method: str, c: Any, args: argparse.Namespace) -> Any:
     """erase.<method> of the params file, then the concept's released overrides, --set, and the flags."""
     from cdc.params import with_overrides
 
@@ -149,7 +140,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from cdc.attention import attention_kernel, resolve_attention
     from cdc.bundle import PRESETS, load_bundle
     from cdc.cli import check_out_dir
-    from cdc.concept import read_templates
+    from cdc.concept import TEMPLATES_PATH, read_templates
     from cdc.erase import run_method
     from cdc.io import atomic_path, save_image, save_json, save_text
     from cdc.lora_io import WEIGHT_NAME, save_lora
@@ -162,7 +153,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     attention = resolve_attention(args.attention, args.device)  # names the allowed kernels
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
-    templates_path = Path(args.templates)
+    templates_path = Path(args.templates) if args.templates else TEMPLATES_PATH
     templates = read_templates(templates_path)
     concept = resolve_concept(args, templates)
     pairs = build_pairs(args, templates, concept)
@@ -234,7 +225,7 @@ def add_erase_parser(sub: Any) -> None:
     e.add_argument("--prompts-file", default=None,
                    help="your target prompts instead of the templates, one per line (# comments), each naming the "
                         "concept; its anchor prompt is the line with the concept replaced by the anchor")
-    e.add_argument("--templates", default=str(REPO / "data" / "prompts" / "templates.yaml"),
+    e.add_argument("--templates", default=None,
                    help="prompt templates YAML (default: the shipped data/prompts/templates.yaml)")
     e.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompt pairs (default: all)")
     e.add_argument("--method", default="doco", help="doco | esd | ca (default doco)")
