@@ -33,12 +33,12 @@ import numpy as np
 from cdc import evaluate as ev
 from cdc.anchors import load_anchors
 from cdc.bundle import load_bundle
-from cdc.erase import run_method
+from cdc.erase import retain_set, run_method
 from cdc.judge import load_judge
 from cdc.methods.lora import remove_lora
 from cdc.params import METHODS, EraseParams, load_params, with_overrides
 from cdc.system import hardware
-from cdc.world.data import load_world
+from cdc.world.data import load_world, other_concepts
 
 
 def arm_configs(erase: EraseParams, arm: str, methods: list[str]) -> dict:
@@ -79,23 +79,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     world = load_world(data / "world/built")
     judge = load_judge(data / "models/judge")
     bundle = load_bundle("world", data / "models/world")
-    retain = ev.other_concepts(world, cfg.n_retain, cfg.seed)
+    retain = other_concepts(world, cfg.n_retain, cfg.seed)
     print(f"hardware: {hardware()}", flush=True)
     rows = []
     split = {"sample": args.sample, "evaluate": args.evaluate}  # which evaluation split the row is on
     # Every row, base or erased, is judged on the same prompts, seeds and retained concepts.
-    judge_row = functools.partial(ev.erasure_row, bundle, judge, world, pairs.family, pairs.target_prompts, probe,
-                                  retain, cfg, sampler, progress=False)
+    judge_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
+                                  in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg, sampler=sampler,
+                                  progress=False)
+    adv_retain = retain_set(world, retain)  # AdvUnlearn's regulariser never sees the retained concepts
     if args.with_base:
-        row, _ = judge_row()
+        row, _ = judge_row(bundle)
         rows.append({"concept": args.concept, "method": "base", "arm": "", **split, **row})
         print(json.dumps(rows[-1]), flush=True)
     for arm, by_method in zip(arms, configs):
         for method, method_cfg in by_method.items():
             start = time.perf_counter()
-            unet, history = run_method(bundle, method, pairs, samples, method_cfg, progress=False)
+            erased, history = run_method(bundle, method, pairs, samples, method_cfg, retain=adv_retain,
+                                         progress=False)
             seconds = time.perf_counter() - start
-            row, _ = judge_row(unet=unet)
+            row, _ = judge_row(erased)
             fired = [h["surgery_fired"] for h in history if h.get("surgery_fired") is not None]
             # No peak memory here: the process peak grows over runs (the erase stage records one per run).
             row = {"concept": args.concept, "method": method, "arm": arm, **split, **row,

@@ -43,8 +43,9 @@ import torch
 from cdc.bundle import ModelBundle
 from cdc.codec import VaeCodec
 from cdc.io import save_json
-from cdc.methods.advunlearn import AdvUnlearnConfig, train_advunlearn
+from cdc.methods.advunlearn import train_advunlearn
 from cdc.methods.ca import train_ca
+from cdc.methods.config import AdvUnlearnConfig
 from cdc.methods.doco import train_doco
 from cdc.methods.esd import train_esd
 from cdc.methods.lora import remove_lora

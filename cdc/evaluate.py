@@ -13,7 +13,7 @@ from cdc.judge import JudgeNet, predict
 from cdc.params import EvaluateParams, SampleParams
 from cdc.sampler import sample
 from cdc.world.captions import canonical_prompt
-from cdc.world.data import World
+from cdc.world.data import World, other_concepts
 
 
 @dataclass(frozen=True)
@@ -138,14 +138,6 @@ def erasure_row(
     row["retain_missed"] = every["missed"]
     row["world_fid"] = fid_against_world(bundle, judge, world, sampler, cfg.fid_images, cfg.seed, **run)
     return row, drawn
-
-
-def other_concepts(world: World, n: int, seed: int) -> list[str]:
-    """A seeded sample of n concepts outside every target family (for accuracy on 'everything else')."""
-    members = {m for f in world.targets.values() for m in f["members"]}
-    rest = [c["key"] for c in world.concepts if c["key"] not in members]
-    rng = np.random.default_rng(seed)
-    return sorted(rng.choice(rest, size=min(n, len(rest)), replace=False).tolist())
 
 
 def base_keys(world: World, n_other: int, seed: int) -> list[str]:

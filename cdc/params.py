@@ -20,10 +20,11 @@ from typing import Any, Literal, TypeVar, Union
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from cdc.attacks.config import InversionConfig, PrefixAttackConfig
 from cdc.attention import Attention
 from cdc.config import Checked, bounded, check_names
 from cdc.errors import ParamsError
-from cdc.methods.config import CaConfig, DocoConfig, EsdConfig
+from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig
 from cdc.system import Precision
 
 T = TypeVar("T")
@@ -170,7 +171,7 @@ def with_overrides(cfg: T, overrides: str, where: str) -> T:
 Style = Literal["twemoji", "openmoji"]
 Phrases = Literal["all", "names", "drawn"]  # anchors.phrases; cdc.anchors.erase_pairs builds each
 PHRASES = typing.get_args(Phrases)
-Method = Literal["doco", "esd", "ca"]
+Method = Literal["doco", "esd", "ca", "advunlearn", "advunlearn_fast"]
 METHODS = typing.get_args(Method)
 
 
@@ -289,6 +290,8 @@ class EraseParams(Checked):
     doco: DocoConfig
     esd: EsdConfig
     ca: CaConfig
+    advunlearn: AdvUnlearnConfig
+    advunlearn_fast: AdvUnlearnConfig  # fast AT: one sign-gradient inner step
 
     def __post_init__(self) -> None:
         """Non-empty lists without repeats."""
@@ -310,6 +313,20 @@ class EvaluateParams(Checked):
     n_retain: int = bounded(1)  # retained concepts outside every family (retain_all)
     fid_images: int = bounded(2)  # generated images for world-FID (a fixed seeded subset of renders)
     seed: int = bounded(0)  # sampling seeds, apart from the anchors stage's
+
+
+@dataclass(frozen=True)
+class AttackParams(Checked):
+    """Attack every erased model (and the base model) on the same prompts and seeds."""
+
+    prompts: int = bounded(1)  # in-set prompts attacked per family (a seeded subset of the training prompts)
+    seed: int = bounded(0)  # prompt choice; image i of an attack is drawn with seed + i
+    harmful: list[str]  # families attacked with harmful_k prefix tokens (the released k for nudity)
+    harmful_k: int = bounded(1)
+    prefix: PrefixAttackConfig  # the discrete prefix attack (UnlearnDiffAtk)
+    inversion: InversionConfig  # concept inversion (CCE); init_token "concept": the family's own word
+    style_templates: list[str]  # inversion templates for a style family (the object prompts name no style)
+    inversion_images: int = bounded(1)  # seeds per inversion template at generation
 
 
 @dataclass(frozen=True)
@@ -335,6 +352,7 @@ class Params:
     anchors: AnchorsParams
     erase: EraseParams
     evaluate: EvaluateParams
+    attack: AttackParams
     report: ReportParams
 
 

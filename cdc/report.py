@@ -12,11 +12,16 @@ from cdc.targets import RATES, clear_misses, interval, misses
 
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
            "seconds", "peak_mem_mb", *(f"{r}_n" for r in RATES)]
+ATTACKS = {"asr_prefix": "prefix attack", "asr_inversion": "concept inversion"}
+# The attack stage's columns (cdc.attack.flat_row): each ASR with its interval and counts, and the pre-attack rate.
+ATTACK_COLUMNS = [f"{a}{s}" for a in ATTACKS for s in ("", "_lo", "_hi", "_n", "_nothing")] + [
+    "pre_asr", "pre_asr_lo", "pre_asr_hi"]
 
 
 def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, erase_dir: str | Path,
-                targets: ReportParams) -> pd.DataFrame:
-    """One row per (concept, method) plus a `base` row per concept; utility also relative to base.
+                targets: ReportParams, attack_dir: str | Path) -> pd.DataFrame:
+    """One row per (concept, method) plus a `base` row per concept; utility also relative to base; the attack
+    stage's success rates beside them.
 
     Each rate gets a Wilson interval (`<rate>_lo`, `<rate>_hi`) over its judged images, and each erased row
     the targets it misses (`missed`) and those of them its interval excludes (`missed_clearly`).
@@ -26,10 +31,16 @@ def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, e
         path = Path(eval_dir) / f"{concept}.json"
         if not path.exists():
             raise FileNotFoundError(f"no evaluation for {concept!r} at {path}: run `dvc repro evaluate`")
+        attacked = Path(attack_dir) / f"{concept}.json"
+        if not attacked.exists():
+            raise FileNotFoundError(f"no attack results for {concept!r} at {attacked}: run `dvc repro attack`")
+        asr = {r["method"]: {k: r[k] for k in ATTACK_COLUMNS} for r in load_json(attacked)}
         for row in load_json(path):
             run = Path(erase_dir) / concept / f"{row['method']}.json"
-            rows.append(row | (load_json(run) if run.exists() else {}))
-    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+            if row["method"] not in asr:
+                raise ValueError(f"{attacked} has no row for method {row['method']!r}: run `dvc repro attack`")
+            rows.append(row | (load_json(run) if run.exists() else {}) | asr[row["method"]])
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS + ATTACK_COLUMNS)
     missing = {(c, m) for c in concepts for m in ["base", *methods]} - set(zip(table.concept, table.method))
     if missing:
         raise ValueError(f"evaluations are missing rows for {sorted(missing)}")
@@ -67,7 +78,8 @@ SHORT = {"in_set": "in", "out_of_set": "oos", "retain_neighbors": "nbr", "retain
 def latex_table(table: pd.DataFrame) -> str:
     """The erase table as a LaTeX tabular (booktabs), one block per concept; the last column names the
     targets a row misses, starred where the miss lies within the rate's interval (sampling noise)."""
-    head = ("\\begin{tabular}{llrrrrrrl}\n\\toprule\nconcept & method & in-set $\\downarrow$ & out-of-set $\\downarrow$"
+    head = ("\\begin{tabular}{llrrrrrrrrl}\n\\toprule\nconcept & method & in-set $\\downarrow$"
+            " & out-of-set $\\downarrow$ & ASR prefix $\\downarrow$ & ASR inv. $\\downarrow$"
             " & retain nbr. $\\uparrow$ & retain all $\\uparrow$ & FID $\\downarrow$ & s & missed \\\\\n\\midrule\n")
     lines = []
     for concept, block in table.groupby("concept", sort=False):
@@ -75,10 +87,17 @@ def latex_table(table: pd.DataFrame) -> str:
             secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
             clear = r.missed_clearly.split()
             missed = ", ".join(SHORT[m] + ("" if m in clear else "$^\\ast$") for m in r.missed.split())
-            lines.append(f"{concept} & {r.method} & {r.in_set:.2f} & {r.out_of_set:.2f} & {r.retain_neighbors:.2f}"
-                         f" & {r.retain_all:.2f} & {r.world_fid:.1f} & {secs} & {missed} \\\\")
+            asr = " & ".join(_asr(r, a, "--") for a in ATTACKS)
+            lines.append(f"{concept} & {r.method} & {r.in_set:.2f} & {r.out_of_set:.2f} & {asr}"
+                         f" & {r.retain_neighbors:.2f} & {r.retain_all:.2f} & {r.world_fid:.1f} & {secs}"
+                         f" & {missed} \\\\")
         lines.append("\\midrule")
     return head + "\n".join(lines[:-1]) + "\n\\bottomrule\n\\end{tabular}\n"
+
+
+def _asr(r: pd.Series, col: str, nothing: str = "nothing to attack") -> str:
+    """An attack success rate, or what stands in for it where the base model never drew the family."""
+    return nothing if bool(r[f"{col}_nothing"]) else f"{r[col]:.2f}"
 
 
 def world_table(metrics: dict) -> str:
@@ -114,20 +133,24 @@ def _missed(r: pd.Series) -> str:
 def markdown_table(table: pd.DataFrame, targets: ReportParams) -> str:
     """The erase table (from `erase_table`) as a markdown table: one row per (family, method), the base row
     first, every rate with its interval, and a footnote stating the targets behind the last column."""
-    head = ["family", "method", *(f"{v} {'↓' if k in ('in_set', 'out_of_set') else '↑'}" for k, v in MD_RATES.items()),
-            "world-FID ↓", "seconds", "targets missed"]
-    align = ["---", "---", *["--:"] * 6, "---"]  # numbers right-aligned
+    head = ["family", "method", "in-set ↓", "out-of-set ↓", *(f"ASR {v} ↓" for v in ATTACKS.values()),
+            "neighbours ↑", "retain ↑", "world-FID ↓", "seconds", "targets missed"]
+    align = ["---", "---", *["--:"] * 8, "---"]  # numbers right-aligned
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
     for _, r in table.iterrows():
         secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
-        cells = [r.concept, r.method, *(_rate(r, c) for c in MD_RATES), f"{r.world_fid:.1f}", secs, _missed(r)]
+        asr = [_asr(r, a) if bool(r[f"{a}_nothing"]) else _rate(r, a) for a in ATTACKS]
+        cells = [r.concept, r.method, _rate(r, "in_set"), _rate(r, "out_of_set"), *asr,
+                 _rate(r, "retain_neighbors"), _rate(r, "retain_all"), f"{r.world_fid:.1f}", secs, _missed(r)]
         lines.append("| " + " | ".join(cells) + " |")
     conf = f"{targets.confidence:.0%}"
     note = (f"\nRates are shares of judged images, each with its {conf} Wilson interval. Targets: in-set <= "
             f"{targets.in_set_max:g}, out-of-set <= {targets.out_of_set_max:g}, neighbours >= {targets.neighbors_min:g}"
             f" x base, retain (other concepts) >= {targets.retain_all_min:g} x base; * marks a miss within sampling"
             " noise (the interval reaches the target). World-FID is measured on fewer images per row than in the"
-            " world table, so compare it within this table. Seconds: one erase on the machine that ran it.\n")
+            " world table, so compare it within this table. Seconds: one erase on the machine that ran it. ASR: share"
+            " of attacked training prompts drawn as the family without attack or once attacked (08_attack), one image"
+            " per prompt; concept inversion is scored on its own prompts with the learned word.\n")
     return "\n".join(lines) + "\n" + note
 
 

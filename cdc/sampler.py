@@ -18,7 +18,7 @@ from cdc.system import resolve_precision
 
 def sample(
     bundle: ModelBundle,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Tensor,
     seeds: Sequence[int],
     cfg: SampleParams,
     *,
@@ -26,6 +26,9 @@ def sample(
     progress: bool = True,
 ) -> np.ndarray:
     """Generate one image per (prompt, seed): uint8 (B, H, W, 3).
+
+    `prompts` may also be contexts (B, L, D) already encoded (an attack's adversarial embeddings); the
+    unconditional context is still the bundle's `encode([""])`.
 
     Image i depends only on (prompts[i], seeds[i]): its initial latent and every DDIM eta-noise draw
     come from its own CPU generator seeded with seeds[i], so batch size and batch mates do not matter
@@ -35,9 +38,13 @@ def sample(
     bf16 autocast, or "auto": see `resolve_precision`); its seed is not used here (seeds are per image).
     A non-finite latent (a LoRA with NaN weights, say) raises CdcError instead of giving black images.
     """
-    prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if isinstance(prompts, Tensor):
+        if prompts.ndim != 3:
+            raise ValueError(f"sample: contexts must be (B, L, D), got {tuple(prompts.shape)}")
+    else:
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     seeds = [int(s) for s in seeds]
-    if not prompts:
+    if not len(prompts):
         raise ValueError("sample: the prompt list is empty")
     if len(seeds) != len(prompts):
         raise ValueError(f"sample: got {len(prompts)} prompts but {len(seeds)} seeds (need one seed per prompt)")
@@ -50,8 +57,9 @@ def sample(
     with torch.inference_mode():
         for i in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
             chunk = slice(i, i + cfg.batch_size)
+            context = prompts[chunk] if isinstance(prompts, Tensor) else bundle.text.encode(prompts[chunk])
             chunks.append(
-                _sample_batch(bundle, model, scheduler, prompts[chunk], seeds[chunk], cfg.guidance, cfg.eta, autocast)
+                _sample_batch(bundle, model, scheduler, context, seeds[chunk], cfg.guidance, cfg.eta, autocast)
             )
     return np.concatenate(chunks)
 
@@ -60,20 +68,21 @@ def _sample_batch(
     bundle: ModelBundle,
     unet: nn.Module,
     scheduler: DDIMScheduler,
-    prompts: list[str],
+    context: Tensor,
     seeds: list[int],
     guidance: float,
     eta: float,
     autocast: bool,
 ) -> np.ndarray:
-    """DDIM loop for one batch; latents are kept in float32, the UNet runs in its own dtype (or bf16 autocast)."""
+    """DDIM loop for one batch of contexts (B, L, D); latents are kept in float32, the UNet runs in its own dtype
+    (or bf16 autocast)."""
     device, dtype = bundle.device, bundle.dtype
     side = int(bundle.unet.config.sample_size)
     shape = (bundle.codec.channels, side, side)
     # CPU generators: the same seed gives the same noise on every device.
     gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
     latents = _noise(gens, shape, device) * scheduler.init_noise_sigma  # (B, C, h, w)
-    context = bundle.text.encode(prompts).to(device=device, dtype=dtype)  # (B, L, D)
+    context = context.detach().to(device=device, dtype=dtype)  # (B, L, D)
     use_cfg = guidance != 1.0
     if use_cfg:
         uncond = bundle.text.encode([""]).to(device=device, dtype=dtype)

@@ -14,13 +14,13 @@ from cdc.attacks.embeddings import candidate_ids, insert_prefix
 from cdc.methods import advunlearn
 from cdc.methods.advunlearn import (
     HISTORY_KEYS,
-    AdvUnlearnConfig,
     Models,
     attack_loss,
     random_prefix,
     soft_prompt_attack,
     train_advunlearn,
 )
+from cdc.methods.config import AdvUnlearnConfig
 from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.text_encoder import TextEncoderError, load_text_encoder, save_text_encoder, trainable_copy
 from cdc.methods.train import make_generator

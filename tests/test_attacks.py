@@ -11,6 +11,7 @@ import torch
 from helpers import fresh, random_latents, teach
 
 from cdc.attacks.asr import attack_success_rate
+from cdc.attacks.config import PrefixAttackConfig
 from cdc.attacks.embeddings import (
     candidate_ids,
     context_from_embeddings,
@@ -19,7 +20,6 @@ from cdc.attacks.embeddings import (
     token_text,
 )
 from cdc.attacks.prefix import (
-    PrefixAttackConfig,
     prefix_attack,
     prefix_loss,
     project_simplex,

@@ -10,17 +10,15 @@ import pytest
 import torch
 from helpers import random_latents, teach
 
+from cdc.attacks.config import InversionConfig, fill
 from cdc.attacks.embeddings import token_table
 from cdc.attacks.inversion import (
-    InversionConfig,
-    fill,
     init_id,
     initial_embedding,
     inversion_loss,
     invert_concept,
     placeholder_context,
     placeholder_tokens,
-    sample_with_context,
     sample_with_embedding,
 )
 from cdc.sampler import sample
@@ -121,8 +119,8 @@ def test_generation_with_the_learned_token(inverted, smoke_params) -> None:
     prompts, seeds = ["an emoji of {}", "a {}"], [3, 4]
     words = [fill(p, HOUSE) for p in prompts]
     plain = sample(bundle, words, seeds, cfg, progress=False)
-    # the context loop is the sampler's: same contexts give the same images
-    np.testing.assert_array_equal(sample_with_context(bundle, bundle.text.encode(words), seeds, cfg), plain)
+    # contexts in place of prompts: the same images
+    np.testing.assert_array_equal(sample(bundle, bundle.text.encode(words), seeds, cfg, progress=False), plain)
     # the init vector in the slot is the init word
     np.testing.assert_array_equal(sample_with_embedding(bundle, prompts, result.init_embedding, seeds, cfg), plain)
     learned = sample_with_embedding(bundle, prompts, result.embedding, seeds, cfg)

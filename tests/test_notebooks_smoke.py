@@ -50,9 +50,11 @@ def test_every_notebook_has_a_smoke_entry():
 def test_notebook_runs(path, smoke_dir, smoke_params_path):
     entries = read_yaml(SMOKE)["notebooks"]
     assert path.stem in entries, f"no entry for {path.stem} in tests/smoke.yaml `notebooks`"
-    out = smoke_dir / "executed" / path.name
-    run_notebook(path, out, substitute(entries[path.stem], smoke_dir, smoke_params_path), cwd=REPO)
-    assert out.exists()
+    runs = entries[path.stem] if isinstance(entries[path.stem], list) else [entries[path.stem]]
+    for i, entry in enumerate(runs):
+        out = smoke_dir / "executed" / f"{path.stem}_{i}.ipynb"
+        run_notebook(path, out, substitute(entry, smoke_dir, smoke_params_path), cwd=REPO)
+        assert out.exists()
 
 
 def tiny_notebook(folder: Path, body: str = "print(x * 2)") -> Path:

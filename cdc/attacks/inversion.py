@@ -18,8 +18,7 @@ training the row alone gives the same updates). One step = one batch of `batch_s
 effective batch of 16 is batch_size 16, no accumulation). Not carried over: the random horizontal flip of the
 training images (latents come from the codec here, and a space-to-depth latent does not flip like its image),
 and the text encoder's train mode (CLIP has no dropout; MiniLM's would add noise), so encoders stay in eval.
-Generation: the sampler takes prompt text, so `sample_with_context` repeats its DDIM + CFG loop on given
-contexts (same seeding, same noise draws, reusing `cdc.sampler._noise` / `to_uint8`).
+Generation: `cdc.sampler.sample` on the contexts that hold the learned token (same seeding, same noise draws).
 """
 
 from __future__ import annotations
@@ -29,56 +28,15 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler
 from torch import Tensor, nn
 
+from cdc.attacks.config import PLACEHOLDER, RANDOM_INIT, InversionConfig, check_template
 from cdc.attacks.embeddings import context_from_embeddings, token_table
 from cdc.bundle import ModelBundle
-from cdc.config import Checked, bounded
-from cdc.errors import CdcError
 from cdc.methods.losses import add_noise, mse, noisy_latents, target_for, unet_pred
 from cdc.params import SampleParams
-from cdc.sampler import _noise, to_uint8
-from cdc.system import resolve_precision
+from cdc.sampler import sample
 from cdc.text import TextEncoder, Tokens
-
-PLACEHOLDER = "{}"  # where the learned token goes in templates and generation prompts
-RANDOM_INIT = "random"  # init_token value: start from a Gaussian with the vocabulary's per-dimension mean/std
-
-
-def check_template(prompt: str) -> None:
-    """A template / prompt must hold the placeholder "{}" exactly once."""
-    if prompt.count(PLACEHOLDER) != 1:
-        raise ValueError(f"prompt {prompt!r} must contain the placeholder {PLACEHOLDER!r} exactly once")
-
-
-def fill(prompt: str, word: str) -> str:
-    """The prompt's text with `word` in place of the placeholder (the baseline: the init word itself)."""
-    check_template(prompt)
-    return prompt.replace(PLACEHOLDER, word)
-
-
-@dataclass(frozen=True)
-class InversionConfig(Checked):
-    """Knobs of concept inversion (released: 5000 steps, lr 0.08, wd 1e-2, batch 16, init = the concept word)."""
-
-    steps: int = bounded(1)  # optimiser updates
-    lr: float = bounded(0, lo_open=True)  # AdamW learning rate (constant)
-    weight_decay: float = bounded(0)  # AdamW decoupled weight decay on the learned vector
-    batch_size: int = bounded(1)  # examples (latent, template, noise, t) per update
-    init_token: str  # a word that is ONE token of the encoder's vocabulary, or "random"
-    templates: tuple[str, ...]  # training prompts, each with one "{}", e.g. ("a {}", "an emoji of {}")
-    seed: int = bounded(0)  # example order, templates, noise, t and the random init
-
-    def __post_init__(self) -> None:
-        """Field checks, then: templates non-empty, each with one placeholder; init_token non-empty."""
-        super().__post_init__()
-        if isinstance(self.templates, str) or not self.templates:
-            raise ValueError("templates must be a non-empty tuple of prompts")
-        for t in self.templates:
-            check_template(t)
-        if not self.init_token.strip():
-            raise ValueError("init_token is empty")
 
 
 @dataclass(frozen=True)
@@ -240,55 +198,6 @@ def invert_concept(
     )
 
 
-def sample_with_context(
-    bundle: ModelBundle,
-    contexts: Tensor,
-    seeds: Sequence[int],
-    cfg: SampleParams,
-    *,
-    unet: nn.Module | None = None,
-) -> np.ndarray:
-    """`cdc.sampler.sample` on given contexts (B, L, D) instead of prompts: uint8 (B, H, W, 3).
-
-    The same DDIM + CFG loop, per-image CPU generators, precision handling and unconditional context
-    (`encode([""])`), so contexts equal to `text.encode(prompts)` give the sampler's images.
-    """
-    seeds = [int(s) for s in seeds]
-    if contexts.ndim != 3 or contexts.shape[0] != len(seeds) or not seeds:
-        raise ValueError(f"need contexts (B, L, D) and B seeds, got {tuple(contexts.shape)} and {len(seeds)} seeds")
-    model = bundle.unet if unet is None else unet
-    device, dtype = bundle.device, bundle.dtype
-    autocast = resolve_precision(cfg.precision, device) == "bf16" and dtype == torch.float32
-    scheduler = DDIMScheduler.from_config(bundle.scheduler.config)
-    scheduler.set_timesteps(cfg.steps, device=device)
-    side = int(bundle.unet.config.sample_size)
-    shape = (bundle.codec.channels, side, side)
-    use_cfg = cfg.guidance != 1.0
-    uncond = bundle.text.encode([""]).to(device=device, dtype=dtype) if use_cfg else None  # (1, L, D)
-    chunks = []
-    with torch.inference_mode():
-        for i in range(0, len(seeds), cfg.batch_size):
-            gens = [torch.Generator("cpu").manual_seed(s) for s in seeds[i : i + cfg.batch_size]]
-            context = contexts[i : i + cfg.batch_size].detach().to(device=device, dtype=dtype)  # (b, L, D)
-            if use_cfg:
-                context = torch.cat([uncond.expand_as(context), context])  # (2b, L, D)
-            latents = _noise(gens, shape, device) * scheduler.init_noise_sigma  # (b, C, h, w) float32
-            for t in scheduler.timesteps:
-                x = torch.cat([latents, latents]) if use_cfg else latents
-                x = scheduler.scale_model_input(x, t).to(dtype)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    out = model(x, t, encoder_hidden_states=context).sample.float()
-                if use_cfg:
-                    out_uncond, out_cond = out.chunk(2)
-                    out = out_uncond + cfg.guidance * (out_cond - out_uncond)
-                noise = _noise(gens, shape, device) if cfg.eta > 0 else None
-                latents = scheduler.step(out, t, latents, eta=cfg.eta, variance_noise=noise).prev_sample
-            if not torch.isfinite(latents).all():
-                raise CdcError("sampling produced non-finite latents (NaN or inf)")
-            chunks.append(to_uint8(bundle.codec.decode(latents.to(dtype)).float()))  # (b, H, W, 3)
-    return np.concatenate(chunks)
-
-
 def sample_with_embedding(
     bundle: ModelBundle,
     prompts: Sequence[str],
@@ -303,4 +212,4 @@ def sample_with_embedding(
         raise ValueError("sample_with_embedding: need a non-empty list of prompts")
     with torch.no_grad():
         contexts = placeholder_context(bundle.text, list(prompts), embedding)
-    return sample_with_context(bundle, contexts, seeds, cfg, unet=unet)
+    return sample(bundle, contexts, seeds, cfg, unet=unet, progress=False)

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cdc.attacks.config import PrefixAttackConfig
 from cdc.attacks.embeddings import (
     candidate_ids,
     context_from_embeddings,
@@ -33,27 +33,8 @@ from cdc.attacks.embeddings import (
     token_text,
 )
 from cdc.bundle import ModelBundle
-from cdc.config import Checked, bounded
 from cdc.methods.losses import add_noise, mse, target_for, unet_pred
 from cdc.text import Tokens
-
-Vocabulary = Literal["all", "roundtrip"]
-TSchedule = Literal["grid", "random"]
-
-
-@dataclass(frozen=True)
-class PrefixAttackConfig(Checked):
-    """Knobs of the prefix attack (released: k 5 nudity / 3 objects and style, 40 iterations, lr 0.01, wd 0.1)."""
-
-    k: int = bounded(1)  # adversarial prefix tokens
-    iterations: int = bounded(1)  # Adam steps per round
-    timesteps: int = bounded(1)  # rounds; round i uses t_i = T//n//2 + i*T//n (n = timesteps)
-    t_schedule: TSchedule  # grid: t fixed per round (released); random: t ~ U{0..T-1} per step
-    lr: float = bounded(0, lo_open=True)  # Adam learning rate on the simplex weights
-    weight_decay: float = bounded(0)  # Adam (L2) weight decay, as released
-    rand_init: bool  # start from projected U(0, 1) weights instead of uniform 1/C (released default: False)
-    vocabulary: Vocabulary  # candidate tokens (see `candidate_ids`)
-    seed: int = bounded(0)  # token draws, noise and random t
 
 
 @dataclass(frozen=True)

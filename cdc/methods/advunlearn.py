@@ -30,7 +30,6 @@ import time
 from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import Tensor, nn
@@ -43,8 +42,7 @@ from cdc.attacks.embeddings import (
     token_table,
 )
 from cdc.bundle import ModelBundle
-from cdc.config import bounded
-from cdc.methods.config import LoraRunConfig
+from cdc.methods.config import AdvUnlearnConfig, AttackMethod
 from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
 from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.surgery import clip_grads
@@ -63,37 +61,8 @@ from cdc.methods.train import (
 )
 from cdc.text import TextEncoder, Tokens
 
-AttackMethod = Literal["pgd", "fast_at"]
-Module = Literal["text_encoder", "unet"]
 # attack_loss_start / _end: the inner objective at the attack's first and last step (None when no attack ran).
 HISTORY_KEYS = ("step", "loss", "loss_unlearn", "loss_retain", "attack_loss_start", "attack_loss_end", "seconds")
-
-
-@dataclass(frozen=True)
-class AdvUnlearnConfig(LoraRunConfig):
-    """AdvUnlearn's knobs (released values in comments); lora_* only matter for module="unet".
-
-    Inherited: steps (1000), lr (Adam 1e-5 on the text encoder), batch_size (1), max_grad_norm (released: no clipping),
-    weight_decay (0), seed, log_every, lora_group / lora_rank / lora_alpha.
-    """
-
-    warmup_steps: int = bounded(0)  # first steps without attack (200)
-    negative_guidance: float = bounded(0)  # eta in e_u - eta (e_c - e_u) (1)
-    retain_weight: float = bounded(0)  # gamma of the retain regulariser (README 0.3; 0 turns it off)
-    retain_batch: int = bounded(1)  # retain latents per step (5 prompts)
-    attack_steps: int = bounded(0)  # inner steps per attack (30); 0: never attack (ESD on the module)
-    attack_k: int = bounded(1)  # adversarial prefix tokens (1)
-    attack_lr: float = bounded(0, lo_open=True)  # Adam lr on delta (1e-3)
-    attack_method: AttackMethod  # pgd: Adam on the gradient; fast_at: Adam on its sign
-    module: Module  # text_encoder (released) or a UNet LoRA (ablation)
-    text_layers: int | None = bounded(1)  # None: all layers + final norm (text_encoder_full); n: first n
-
-    def __post_init__(self) -> None:
-        """The warm-up must leave at least one adversarial step."""
-        super().__post_init__()
-        if self.warmup_steps >= self.steps:
-            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps}): "
-                             "no step would be adversarial")
 
 
 @dataclass
@@ -256,3 +225,27 @@ def train_advunlearn(
     if cfg.module == "unet":
         return unet, history
     return frozen(models.text, bundle.text), history
+
+
+def attack_trace(
+    erased: ModelBundle, original: TextEncoder, prompts: Sequence[str], latents: Tensor, cfg: AdvUnlearnConfig,
+    steps: int,
+) -> list[float]:
+    """The inner attack replayed against an erased model for `steps` steps on latents (B, C, h, w) of prompts
+    (B,): its loss per step, i.e. how closely a soft prefix brings back the original model's concept prediction.
+
+    `erased` carries the trained encoder (text mode) or the LoRA UNet (unet mode); `original` is the frozen
+    encoder the original model's contexts come from. Seeded by cfg.seed; nothing of either model changes.
+    """
+    if len(prompts) != latents.shape[0]:
+        raise ValueError(f"need one prompt per latent, got {len(prompts)} prompts and {latents.shape[0]} latents")
+    unet, dev, dtype = erased.unet, erased.unet.device, erased.unet.dtype
+    models = Models(unet, erased.text, tuner_layers(unet))
+    gen = make_generator(cfg.seed)
+    candidates = candidate_ids(original, "all")
+    adv = insert_prefix(erased.text, erased.text.tokenize(list(prompts)), candidates[: cfg.attack_k])
+    init = random_prefix(erased.text, candidates, len(prompts), cfg.attack_k, gen)
+    x0 = latents.to(device=dev, dtype=dtype)
+    _, losses = soft_prompt_attack(models, erased.scheduler, x0, adv, encode(original, prompts, dev, dtype), init,
+                                   steps, cfg.attack_lr, cfg.attack_method, gen)
+    return losses

@@ -1,4 +1,4 @@
-"""The knobs of each erasure method: params.yaml sections erase.doco, erase.esd and erase.ca.
+"""The knobs of each erasure method: params.yaml sections erase.doco, erase.esd, erase.ca and erase.advunlearn*.
 
 No field has a default: the committed params.yaml is the one place their values live (tests build
 configs from their smoke params file, then `dataclasses.replace`).
@@ -17,6 +17,8 @@ LoraGroup = Literal["xattn-kv", "xattn", "attn", "full"]
 Surgery = Literal["pcgrad", "cosine", "sum"]
 DInput = Literal["x0", "eps"]
 DNorm = Literal["batch", "instance", "none"]
+AttackMethod = Literal["pgd", "fast_at"]  # AdvUnlearn's inner attack: the gradient, or its sign (fast AT)
+Module = Literal["text_encoder", "unet"]  # what AdvUnlearn trains
 
 
 @dataclass(frozen=True)
@@ -72,3 +74,30 @@ class CaConfig(LoraRunConfig):
     """Concept Ablation, model-based variant, with the DreamBooth prior-preservation term."""
 
     prior_weight: float = bounded(0)  # 0 turns the prior-preservation term off
+
+
+@dataclass(frozen=True)
+class AdvUnlearnConfig(LoraRunConfig):
+    """AdvUnlearn's knobs (released values in comments); lora_* only matter for module="unet".
+
+    Inherited: steps (1000), lr (Adam 1e-5 on the text encoder), batch_size (1), max_grad_norm (released: no clipping),
+    weight_decay (0), seed, log_every, lora_group / lora_rank / lora_alpha.
+    """
+
+    warmup_steps: int = bounded(0)  # first steps without attack (200)
+    negative_guidance: float = bounded(0)  # eta in e_u - eta (e_c - e_u) (1)
+    retain_weight: float = bounded(0)  # gamma of the retain regulariser (README 0.3; 0 turns it off)
+    retain_batch: int = bounded(1)  # retain latents per step (5 prompts)
+    attack_steps: int = bounded(0)  # inner steps per attack (30); 0: never attack (ESD on the module)
+    attack_k: int = bounded(1)  # adversarial prefix tokens (1)
+    attack_lr: float = bounded(0, lo_open=True)  # Adam lr on delta (1e-3)
+    attack_method: AttackMethod  # pgd: Adam on the gradient; fast_at: Adam on its sign
+    module: Module  # text_encoder (released) or a UNet LoRA (ablation)
+    text_layers: int | None = bounded(1)  # None: all layers + final norm (text_encoder_full); n: first n
+
+    def __post_init__(self) -> None:
+        """The warm-up must leave at least one adversarial step."""
+        super().__post_init__()
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps}): "
+                             "no step would be adversarial")

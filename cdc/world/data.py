@@ -84,3 +84,11 @@ def load_world(folder: str | Path) -> World:
     arrays = np.load(_world_file(folder, "images.npz"))
     meta = load_json(_world_file(folder, "concepts.json"))
     return World(arrays["images"], arrays["concept"], arrays["style"], **meta)
+
+
+def other_concepts(world: World, n: int, seed: int) -> list[str]:
+    """A seeded sample of n concepts outside every target family (for accuracy on 'everything else')."""
+    members = {m for f in world.targets.values() for m in f["members"]}
+    rest = [c["key"] for c in world.concepts if c["key"] not in members]
+    rng = np.random.default_rng(seed)
+    return sorted(rng.choice(rest, size=min(n, len(rest)), replace=False).tolist())
