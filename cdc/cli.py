@@ -201,9 +201,11 @@ def cmd_judge(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The `cdc` argument parser."""
     from cdc.commands.erase import add_erase_parser
+    from cdc.commands.evaluate import add_evaluate_parsers
     from cdc.system import Precision
 
-    parser = argparse.ArgumentParser(prog="cdc", description="Concept erasure toolkit: erase, generate and judge.")
+    parser = argparse.ArgumentParser(
+        prog="cdc", description="Concept erasure toolkit: erase, generate, judge, evaluate and attack.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images for prompts into a folder (PNGs, grid.png, prompts.json)")
@@ -241,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.set_defaults(func=cmd_judge)
 
     add_erase_parser(sub)
+    add_evaluate_parsers(sub)
     return parser
 
 
