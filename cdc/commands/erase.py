@@ -212,6 +212,14 @@ def cmd_erase(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_model_flags(p: Any) -> None:
+    """--preset and --model, as every command that loads a base model takes them."""
+    p.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
+    p.add_argument("--model", default=None,
+                   help="base model: a world folder, or an SD 1.x diffusers folder or hub id "
+                        "(default: data/models/world | CompVis/stable-diffusion-v1-4)")
+
+
 def add_erase_parser(sub: Any) -> None:
     """Add `cdc erase` to the `cdc` subparsers."""
     e = sub.add_parser(
@@ -221,10 +229,7 @@ def add_erase_parser(sub: Any) -> None:
                     "finds it (AdvUnlearn: a text encoder folder that CLIPTextModel.from_pretrained loads). Defaults "
                     "come from --params; flags override them.",
     )
-    e.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
-    e.add_argument("--model", default=None,
-                   help="base model: a world folder, or an SD 1.x diffusers folder or hub id "
-                        "(default: data/models/world | CompVis/stable-diffusion-v1-4)")
+    add_model_flags(e)
     e.add_argument("--concept", required=True,
                    help="the concept to erase, as text (\"church\", \"van gogh\"); a concept of the shipped table "
                         "(templates.yaml `concepts`: church, garbage-truck, parachute, tench, van-gogh, nudity) "

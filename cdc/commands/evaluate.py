@@ -18,7 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from cdc.commands.erase import DEFAULT_MODEL, DEFAULT_PARAMS, DTYPES, _choice, _quiet_libraries, resolve_dtype
+from cdc.commands.erase import (
+    DEFAULT_MODEL,
+    DEFAULT_PARAMS,
+    DTYPES,
+    _choice,
+    _quiet_libraries,
+    add_model_flags,
+    resolve_dtype,
+)
 
 
 def draw_rows(bundle: Any, rows: list[Any], cfg: Any, progress: bool) -> np.ndarray:
@@ -164,10 +172,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
 
 def _common(p: Any) -> None:
     """The flags `cdc evaluate` and `cdc attack` share."""
-    p.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
-    p.add_argument("--model", default=None,
-                   help="base model: a world folder, or an SD 1.x diffusers folder or hub id "
-                        "(default: data/models/world | CompVis/stable-diffusion-v1-4)")
+    add_model_flags(p)
     p.add_argument("--erased", default=None,
                    help="the erasure to apply: a LoRA folder or a text encoder folder from `cdc erase` "
                         "(default: none, the base model)")
