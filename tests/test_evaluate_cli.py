@@ -140,3 +140,27 @@ def test_bad_input_is_one_line(church_csv, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown judge 'q16'" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
+
+
+def test_sweep_queues_one_dvc_experiment_per_pair(tmp_path, capsys):
+    """`cdc sweep` in a clone of the repository: the queue holds one experiment per (concept, method)."""
+    import os
+    import subprocess
+
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", "--local", str(REPO), str(clone)], check=True)
+    cwd = os.getcwd()
+    os.chdir(clone)
+    try:
+        assert main(["sweep", "--concept", "church", "--concept", "fish", "--method", "doco", "--method",
+                     "advunlearn_fast", "--dry-run"]) == 0
+        printed = capsys.readouterr().out.splitlines()
+        assert printed[0] == "dvc exp run --queue -n church-doco -S erase.concepts=[church] -S erase.methods=[doco]"
+        assert len(printed) == 4
+        assert main(["sweep", "--concept", "church", "--method", "doco", "--method", "esd", "--quiet"]) == 0
+        status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=True).stdout
+        assert "church-doco" in status and "church-esd" in status and status.count("Queued") == 2
+        assert main(["sweep", "--concept", "atlantis"]) == 2
+        assert "'atlantis' is not in" in capsys.readouterr().err
+    finally:
+        os.chdir(cwd)
