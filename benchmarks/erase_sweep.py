@@ -94,8 +94,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     evaluate_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
                                      in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg,
                                      sampler=sampler, progress=False)
-    # AdvUnlearn's regulariser never sees the retained concepts
-    adv_retain = retain_set(world, pairs.family, retain)
+    adv_retain = retain_set(world, retain)  # AdvUnlearn's regulariser never sees the retained concepts
     plan = plan_attacks(bundle, judge, world, pairs, samples, params.attack, sampler) if args.attack else None
 
     def judge_row(model: ModelBundle) -> tuple[dict, dict]:
