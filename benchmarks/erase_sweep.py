@@ -17,7 +17,12 @@ Choosing a setting on the rows the paper reports would tune on the test set. `--
 --evaluate "seed=778"` override params.yaml's `sample` and `evaluate` sections for the evaluation (the
 erase itself is untouched): other image seeds and another seeded sample of retained concepts, a
 validation split of the same protocol. `--with-base` adds the base model's row under the
-same evaluation, so utility can be read relative to base as in erase.csv.
+same evaluation, so utility can be read relative to base as in erase.csv. `--attack` also attacks each
+model exactly as the attack stage does (`cdc.attack.attack_row`, params.yaml's `attack` section), adding the
+ASR columns of erase.csv: AdvUnlearn's ablations are
+
+    python benchmarks/erase_sweep.py --concept church --method advunlearn --with-base --attack \
+        --arm "" --arm "retain_weight=0" --arm "module=unet" --arm "attack_steps=0" --json out.json
 """
 
 from __future__ import annotations
@@ -32,7 +37,8 @@ import numpy as np
 
 from cdc import evaluate as ev
 from cdc.anchors import load_anchors
-from cdc.bundle import load_bundle
+from cdc.attack import attack_row, flat_row, plan_attacks
+from cdc.bundle import ModelBundle, load_bundle
 from cdc.erase import retain_set, run_method
 from cdc.judge import load_judge
 from cdc.methods.lora import remove_lora
@@ -67,6 +73,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--evaluate", default="", help='overrides of the evaluate section, e.g. "seed=778"')
     parser.add_argument("--sample", default="", help='sample overrides for the evaluation, e.g. "seed=1000"')
     parser.add_argument("--with-base", action="store_true", help="also evaluate the base model (row method=base)")
+    parser.add_argument("--attack", action="store_true", help="also attack each model as the attack stage does")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args(argv)
     methods, arms = args.method or ["doco"], args.arm or [""]
@@ -84,10 +91,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = []
     split = {"sample": args.sample, "evaluate": args.evaluate}  # which evaluation split the row is on
     # Every row, base or erased, is judged on the same prompts, seeds and retained concepts.
-    judge_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
-                                  in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg, sampler=sampler,
-                                  progress=False)
+    evaluate_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
+                                     in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg,
+                                     sampler=sampler, progress=False)
     adv_retain = retain_set(world, retain)  # AdvUnlearn's regulariser never sees the retained concepts
+    plan = plan_attacks(bundle, judge, world, pairs, samples, params.attack, sampler) if args.attack else None
+
+    def judge_row(model: ModelBundle) -> tuple[dict, dict]:
+        row, drawn = evaluate_row(model)
+        if plan is not None:
+            attacked, _ = attack_row(model, judge, world, plan, params.attack, sampler, progress=False)
+            row |= flat_row(attacked)
+        return row, drawn
+
     if args.with_base:
         row, _ = judge_row(bundle)
         rows.append({"concept": args.concept, "method": "base", "arm": "", **split, **row})

@@ -181,6 +181,33 @@ def _hub_cached_or_reachable(repo_id: str, timeout: float = 3.0) -> bool:
     return False
 
 
+def _refuse_other_sd(name: str, cross_attention_dim: Any, addition_embed_type: str | None) -> None:
+    """SDXL (a second text encoder, added text-time embeddings) and SD 2.x (1024-wide OpenCLIP context) are
+    refused by name: the methods, prompts and released settings here are those of SD 1.x (768-wide CLIP-L)."""
+    if addition_embed_type is not None:
+        raise CdcError(f"{name} is an SDXL checkpoint (UNet addition_embed_type {addition_embed_type!r}); "
+                       "cdc supports Stable Diffusion 1.x only")
+    if cross_attention_dim == 1024:
+        raise CdcError(f"{name} looks like Stable Diffusion 2.x (1024-wide OpenCLIP context); "
+                       "cdc supports Stable Diffusion 1.x only")
+
+
+def check_sd1(root: Path) -> None:
+    """Refuse a local SDXL or SD 2.x folder from its config files, before any weight is read."""
+    from cdc.io import load_json
+
+    index = root / "model_index.json"
+    if index.is_file():
+        name = str(load_json(index).get("_class_name", ""))
+        if "XL" in name or (root / "text_encoder_2").is_dir():
+            raise CdcError(f"{root} is an SDXL checkpoint ({name or 'text_encoder_2/'}); "
+                           "cdc supports Stable Diffusion 1.x only")
+    unet_config = root / "unet" / "config.json"
+    if unet_config.is_file():
+        config = load_json(unet_config)
+        _refuse_other_sd(str(root), config.get("cross_attention_dim"), config.get("addition_embed_type"))
+
+
 def _load_sd(path: str | Path, device: torch.device, dtype: torch.dtype) -> ModelBundle:
     """SD 1.x: tokenizer, text_encoder, unet, vae and scheduler from one diffusers repository layout."""
     from diffusers import AutoencoderKL
@@ -191,6 +218,7 @@ def _load_sd(path: str | Path, device: torch.device, dtype: torch.dtype) -> Mode
         root = Path(path).expanduser()
         if not root.is_dir():
             raise FileNotFoundError(f"Stable Diffusion folder not found: {root}")
+        check_sd1(root)
         needed = ("tokenizer", "text_encoder", "unet", "vae", "scheduler")
         missing = [d for d in needed if not (root / d).is_dir()]
         if missing:
@@ -205,6 +233,7 @@ def _load_sd(path: str | Path, device: torch.device, dtype: torch.dtype) -> Mode
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae", torch_dtype=dtype, **kw)
     # SD folders ship a PNDM sampler config; training needs DDPM semantics on the same betas.
     scheduler = DDPMScheduler.from_config(DDPMScheduler.load_config(path, subfolder="scheduler", **kw))
+    _refuse_other_sd(str(path), unet.config.cross_attention_dim, unet.config.get("addition_embed_type"))
     for module in (text_model, unet, vae):
         module.to(device).eval()
     return ModelBundle(

@@ -201,9 +201,12 @@ def cmd_judge(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The `cdc` argument parser."""
     from cdc.commands.erase import add_erase_parser
+    from cdc.commands.evaluate import add_evaluate_parsers
+    from cdc.commands.sweep import add_sweep_parser
     from cdc.system import Precision
 
-    parser = argparse.ArgumentParser(prog="cdc", description="Concept erasure toolkit: erase, generate and judge.")
+    parser = argparse.ArgumentParser(
+        prog="cdc", description="Concept erasure toolkit: erase, generate, judge, evaluate and attack.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     g = sub.add_parser("generate", help="generate images for prompts into a folder (PNGs, grid.png, prompts.json)")
@@ -241,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
     j.set_defaults(func=cmd_judge)
 
     add_erase_parser(sub)
+    add_evaluate_parsers(sub)
+    add_sweep_parser(sub)
     return parser
 
 
@@ -251,7 +256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        args.device = resolve_device(args.device)
+        if hasattr(args, "device"):
+            args.device = resolve_device(args.device)
         return int(args.func(args))
     except (CdcError, ValueError, OSError) as e:  # OSError: missing files, permissions, a full disk
         print(f"cdc {args.command}: error: {e}", file=sys.stderr)

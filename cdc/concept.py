@@ -43,6 +43,7 @@ class Templates:
 
     kinds: dict[str, TemplateSet]
     concepts: dict[str, KnownConcept]
+    retain: list[str]  # AdvUnlearn's retain prompts (the released code's COCO object prompts); may be empty
 
 
 def slug(text: str) -> str:
@@ -61,9 +62,9 @@ def parse_templates(data: Any, where: str = "templates") -> Templates:
     """Check and build Templates from the YAML mapping {kinds: ..., concepts: ...}."""
     if not isinstance(data, Mapping) or not isinstance(data.get("kinds"), Mapping) or not data["kinds"]:
         raise ValueError(f"{where}: expected a mapping with a non-empty 'kinds' mapping")
-    unknown = set(data) - {"kinds", "concepts"}
+    unknown = set(data) - {"kinds", "concepts", "retain"}
     if unknown:
-        raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: kinds, concepts)")
+        raise ValueError(f"{where}: unknown key {sorted(unknown)[0]!r} (known: kinds, concepts, retain)")
     kinds = {}
     for name, raw in data["kinds"].items():
         at = f"{where}: kinds.{name}"
@@ -89,7 +90,19 @@ def parse_templates(data: Any, where: str = "templates") -> Templates:
         overrides = dict(raw.get("overrides") or {})
         concepts[str(name)] = KnownConcept(str(raw["concept"]), str(raw["anchor"]), str(raw["kind"]),
                                            {str(k): str(v) for k, v in overrides.items()})
-    return Templates(kinds, concepts)
+    retain = _strings(data["retain"], f"{where}: retain") if "retain" in data else []
+    return Templates(kinds, concepts, retain)
+
+
+def retain_prompts(templates: Templates, concept: str, anchor: str) -> list[str]:
+    """The shipped retain prompts without any that name the concept or the anchor (as the released code filters
+    its retain set), or ValueError if none is left."""
+    words = {w for text in (concept, anchor) for w in re.findall(r"[a-z0-9]+", text.lower())}
+    kept = [p for p in templates.retain if not words & set(re.findall(r"[a-z0-9]+", p.lower()))]
+    if not kept:
+        raise ValueError(f"no retain prompt is left for {concept!r} -> {anchor!r}: add prompts to the templates' "
+                         "`retain` list")
+    return kept
 
 
 def read_templates(path: str | os.PathLike[str] = TEMPLATES_PATH) -> Templates:

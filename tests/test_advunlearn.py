@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import warnings
 
 import pytest
@@ -16,6 +17,7 @@ from cdc.methods.advunlearn import (
     HISTORY_KEYS,
     Models,
     attack_loss,
+    attack_trace,
     random_prefix,
     soft_prompt_attack,
     train_advunlearn,
@@ -240,3 +242,18 @@ def test_unet_mode_trains_a_lora(tiny_world_bundle, smoke_params):
     assert any(p.abs().sum() > 0 for n, p in unet.named_parameters() if ".lora_B." in n)
     assert all(torch.equal(p, base_text[n]) for n, p in bundle.text.model.named_parameters())
     assert history[-1]["attack_loss_end"] is not None
+
+
+def test_attack_trace_falls_on_fixed_draws(erased, smoke_params):
+    """The notebook's replay: the prefix learned step by step brings the erased encoder's prediction closer to
+    the original's on the same fixed draws, and nothing of either model changes."""
+    bundle, text, _ = erased
+    before = [p.detach().clone() for p in text.model.parameters()]
+    cfg = _cfg(smoke_params, attack_lr=1e-2, attack_k=2)
+    model = dataclasses.replace(bundle, text=text)
+    trace = attack_trace(model, bundle.text, TARGETS * 2, random_latents(bundle, n=4, seed=1), cfg, steps=12)
+    assert len(trace) == 13 and all(map(math.isfinite, trace))
+    assert trace[-1] < trace[0]
+    assert all(torch.equal(a, b) for a, b in zip(before, text.model.parameters()))
+    with pytest.raises(ValueError, match="one prompt per latent"):
+        attack_trace(model, bundle.text, TARGETS, random_latents(bundle, n=4, seed=1), cfg, steps=1)

@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_TEMPLATES = {
     "kinds": {"object": {"captions": ["a photo of {a}", "{a} in a field"]}},
     "concepts": {"church": {"concept": "church", "anchor": "house", "kind": "object"}},
+    "retain": ["a photo of a dog", "a photo of a house", "a photo of a cat"],
 }
 
 
@@ -49,6 +50,25 @@ def unet_out(unet: torch.nn.Module) -> torch.Tensor:
     ctx = torch.randn(1, 77, 32, generator=g)
     with torch.no_grad():
         return unet(x, torch.tensor([500]), encoder_hidden_states=ctx).sample
+
+
+def test_advunlearn_writes_a_text_encoder_clip_loads(tiny_sd_folder, smoke_params_path, templates_file, tmp_path,
+                                                    one_thread) -> None:
+    from transformers import CLIPTextModel
+
+    out = tmp_path / "encoder"
+    assert erase(tiny_sd_folder, smoke_params_path, out, "--concept", "church", "--method", "advunlearn",
+                 "--templates", str(templates_file)) == 0
+    config = load_json(out / "cdc_config.json")
+    assert config["method"] == "advunlearn" and config["params"]["module"] == "text_encoder"
+    pairs = load_json(out / "pairs.json")
+    assert pairs["sampled"] == "target"
+    assert pairs["retain_prompts"] == ["a photo of a dog", "a photo of a cat"]  # the anchor's prompt is left out
+    base = CLIPTextModel.from_pretrained(str(tiny_sd_folder), subfolder="text_encoder", local_files_only=True)
+    trained = CLIPTextModel.from_pretrained(str(out), local_files_only=True)  # plain transformers, no cdc
+    ids = torch.tensor([[0, 5, 9, 1]])
+    with torch.no_grad():
+        assert (trained(ids).last_hidden_state - base(ids).last_hidden_state).abs().max() > 1e-7
 
 
 @pytest.mark.parametrize("method", ["doco", "esd", "ca"])

@@ -153,7 +153,7 @@ def _steps(data: dict, section: str) -> int:
         ("erase.concepts", [], r"'erase': concepts is empty"),
         ("erase.concepts", ["church", "fish", "church"], r"'erase': concepts lists church more than once"),
         ("erase.methods", [], r"'erase': methods is empty"),
-        ("erase.methods", ["doco", "uce"], r"'erase.methods\[1\]': expected one of 'doco', 'esd', 'ca', 'advunlearn', 'advunlearn_fast', got str 'uce'"),
+        ("erase.methods", ["doco", "uce"], r"'erase.methods\[1\]': expected one of 'doco', .*got str 'uce'"),
         ("erase.doco.surgery", "proj", r"'erase.doco.surgery': expected one of 'pcgrad', 'cosine', 'sum'"),
         ("erase.esd.lora_group", "everything", r"'erase.esd.lora_group': expected one of"),
     ],

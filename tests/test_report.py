@@ -27,7 +27,22 @@ def table(tmp_path) -> pd.DataFrame:
                                          ("esd", 0.0, 0.0625, 1.0, 0.95, 30.0)]]
         save_json(rows, tmp_path / "eval" / f"{concept}.json")
         save_json({"seconds": 82.8, "peak_mem_mb": 749}, tmp_path / "erase" / concept / "doco.json")
-    return erase_table(["church", "fish"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS)
+        save_json([attack_row(concept, m) for m in ("base", "doco", "esd")], tmp_path / "attack" / f"{concept}.json")
+    return erase_table(["church", "fish"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS,
+                       tmp_path / "attack")
+
+
+def attack_row(concept: str, method: str) -> dict:
+    """An attack-stage row as `cdc.attack.flat_row` writes it: church attacked (10 prompts), fish with nothing to
+    attack (the base model never drew it on those prompts)."""
+    nothing = concept == "fish"
+    rate = {"base": 1.0, "doco": 0.7, "esd": 0.1}[method]
+    out = {"concept": concept, "method": method, "pre_asr": None if nothing else 0.0,
+           "pre_asr_lo": None if nothing else 0.0, "pre_asr_hi": None if nothing else 0.28}
+    for key in ("asr_prefix", "asr_inversion"):
+        out |= {key: None if nothing else rate, f"{key}_lo": None if nothing else rate / 2,
+                f"{key}_hi": None if nothing else min(1.0, rate + 0.2), f"{key}_n": 10, f"{key}_nothing": nothing}
+    return out
 
 
 def rows_of(md: str) -> list[list[str]]:
@@ -39,23 +54,26 @@ def rows_of(md: str) -> list[list[str]]:
 def test_markdown_table_has_every_family_and_method_with_intervals(table):
     md = markdown_table(table, TARGETS)
     head = md.splitlines()[0]
-    for col in ("family", "method", "in-set", "out-of-set", "neighbours", "retain", "world-FID", "seconds",
-                "targets missed"):
+    for col in ("family", "method", "in-set", "out-of-set", "ASR prefix attack", "ASR concept inversion",
+                "neighbours", "retain", "world-FID", "seconds", "targets missed"):
         assert col in head
     rows = rows_of(md)
     assert [(r[0], r[1]) for r in rows] == [(c, m) for c in ("church", "fish") for m in ("base", "doco", "esd")]
-    assert all(len(r) == 9 for r in rows)
+    assert all(len(r) == 11 for r in rows)
     for r in rows:
-        for cell in r[2:6]:  # "rate (lo-hi)": the interval brackets the rate
+        rates = r[2:8] if r[0] == "church" else r[2:4] + r[6:8]
+        for cell in rates:  # "rate (lo-hi)": the interval brackets the rate
             rate, lo, hi = (float(x) for x in cell.replace("(", "").replace(")", "").replace("-", " ").split())
             assert lo <= rate <= hi
     doco = rows[1]
-    assert doco[2].startswith("0.00 (0.00-") and doco[5].startswith("0.94 (")
-    assert doco[7] == "83"  # seconds from the erase run; the base row has none
-    assert rows[0][7] == "" and rows[0][8] == ""
+    assert doco[2].startswith("0.00 (0.00-") and doco[7].startswith("0.94 (")
+    assert doco[4].startswith("0.70 (") and rows[2][4].startswith("0.10 (")
+    assert rows[3][4] == rows[3][5] == "nothing to attack"  # fish: never 0 %
+    assert doco[9] == "83"  # seconds from the erase run; the base row has none
+    assert rows[0][9] == "" and rows[0][10] == ""
     # 16/40 neighbours misses clearly; 45/48 retained misses only within sampling noise (starred)
-    assert doco[8] == "neighbours, retain*"
-    assert rows[2][8] == "none"  # esd meets every target
+    assert doco[10] == "neighbours, retain*"
+    assert rows[2][10] == "none"  # esd meets every target
     assert "95% Wilson interval" in md and "out-of-set <= 0.15" in md
 
 
@@ -64,6 +82,14 @@ def test_markdown_table_reads_back_from_the_csv(table, tmp_path):
     path = tmp_path / "erase.csv"
     table.to_csv(path, index=False, float_format="%.4f")
     assert markdown_table(pd.read_csv(path), TARGETS) == markdown_table(table, TARGETS)
+
+
+def test_erase_table_needs_every_attack_row(table, tmp_path):
+    save_json([attack_row("church", "base")], tmp_path / "attack" / "church.json")
+    with pytest.raises(ValueError, match="no row for method 'doco'"):
+        erase_table(["church"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS, tmp_path / "attack")
+    with pytest.raises(FileNotFoundError, match="dvc repro attack"):
+        erase_table(["church"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS, tmp_path / "nowhere")
 
 
 def test_world_markdown():

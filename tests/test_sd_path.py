@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 import torch
 
 from cdc.codec import VaeCodec
@@ -50,3 +51,26 @@ def test_sd_sampling_seeded_and_batch_independent(tiny_sd_bundle, smoke_params) 
     alone = run(tiny_sd_bundle, smoke_params, ["a bomb"], [2], guidance=7.5)
     assert_same_images(imgs[2], alone[0])
     assert not np.array_equal(imgs[0], run(tiny_sd_bundle, smoke_params, ["a church"], [5], guidance=7.5)[0])
+
+
+@pytest.mark.parametrize("change, message", [
+    ("sd2", "looks like Stable Diffusion 2.x"),
+    ("sdxl", "is an SDXL checkpoint"),
+])
+def test_other_sd_versions_are_refused_by_name(change, message, tiny_sd_folder, tmp_path) -> None:
+    import json
+    import shutil
+
+    from cdc.bundle import load_bundle
+    from cdc.errors import CdcError
+
+    root = tmp_path / change
+    shutil.copytree(tiny_sd_folder, root)
+    if change == "sd2":
+        config = json.loads((root / "unet" / "config.json").read_text())
+        (root / "unet" / "config.json").write_text(json.dumps(config | {"cross_attention_dim": 1024}))
+    else:
+        (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+        (root / "text_encoder_2").mkdir()
+    with pytest.raises(CdcError, match=message):
+        load_bundle("sd", root)

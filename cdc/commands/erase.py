@@ -140,10 +140,10 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from cdc.attention import attention_kernel, resolve_attention
     from cdc.bundle import PRESETS, load_bundle
     from cdc.cli import check_out_dir
-    from cdc.concept import TEMPLATES_PATH, read_templates
-    from cdc.erase import run_method
+    from cdc.concept import TEMPLATES_PATH, read_templates, retain_prompts
+    from cdc.erase import run_method, save_erased
     from cdc.io import atomic_path, save_image, save_json, save_text
-    from cdc.lora_io import WEIGHT_NAME, save_lora
+    from cdc.lora_io import WEIGHT_NAME
     from cdc.params import METHODS, load_params
 
     # Every cheap check first, so a typo never costs a model load or a sampling run.
@@ -157,6 +157,8 @@ def cmd_erase(args: argparse.Namespace) -> int:
     templates = read_templates(templates_path)
     concept = resolve_concept(args, templates)
     pairs = build_pairs(args, templates, concept)
+    adversarial = method.startswith("advunlearn")
+    retain = retain_prompts(templates, concept.concept, concept.anchor) if adversarial else []
     params_path = Path(args.params) if args.params else DEFAULT_PARAMS[preset]
     params = load_params(params_path)
     cfg = method_config(params, method, concept, args)
@@ -171,16 +173,21 @@ def cmd_erase(args: argparse.Namespace) -> int:
         _quiet_libraries()
 
     bundle = load_bundle(preset, model, device=args.device, dtype=dtype)
-    # ESD learns from the base model's own images of the concept; DoCo and CA from the anchor's.
-    side = "target" if method == "esd" else "anchor"
+    # ESD and AdvUnlearn learn from the base model's own images of the concept; DoCo and CA from the anchor's.
+    side = "target" if method == "esd" or adversarial else "anchor"
     prompts = pairs.target_prompts if side == "target" else pairs.anchor_prompts
     say(f"sampling {n} {side} image(s) for each of {len(prompts)} prompts with the base model")
     images, index = draw_samples(bundle, prompts, n, first_seed, params.sample, progress=not args.quiet)
+    retain_set = None
+    if adversarial:  # the utility-retaining regulariser's images, also the user's base model's
+        say(f"sampling 1 image for each of {len(retain)} retain prompts with the base model")
+        retain_images, _ = draw_samples(bundle, retain, 1, first_seed, params.sample, progress=not args.quiet)
+        retain_set = (retain, retain_images)
     say(f"training {method} on {concept.concept!r} -> {concept.anchor!r}: {cfg.steps} steps")
     start = time.perf_counter()
     with attention_kernel(bundle.unet, attention):
-        unet, history = run_method(bundle, method, pairs, {f"{side}_images": images, f"{side}_index": index}, cfg,
-                                   progress=not args.quiet)
+        erased, history = run_method(bundle, method, pairs, {f"{side}_images": images, f"{side}_index": index},
+                                     cfg, retain=retain_set, progress=not args.quiet)
     seconds = time.perf_counter() - start
     config = {
         "method": method, "concept": concept.concept, "anchor": concept.anchor, "kind": concept.kind,
@@ -191,28 +198,38 @@ def cmd_erase(args: argparse.Namespace) -> int:
         "attention": attention, "command": "cdc erase",
     }
     with atomic_path(out) as tmp:
-        save_lora(unet, tmp, config)
+        save_erased(erased, bundle, tmp, config)
         save_json({"target_prompts": pairs.target_prompts, "anchor_prompts": pairs.anchor_prompts,
-                   "sampled": side}, tmp / "pairs.json")
+                   "sampled": side, "retain_prompts": retain}, tmp / "pairs.json")
         save_text(history_csv(history), tmp / "history.csv")
         save_image(samples_grid(images, index, prompts), tmp / "samples_grid.png")
-    say(f"{method} erase took {seconds:.0f} s; wrote {out / WEIGHT_NAME} (load with "
-        f"StableDiffusionPipeline.load_lora_weights({str(out)!r}) or `cdc generate --lora {out}`)")
+    if erased.text is not bundle.text:
+        say(f"{method} erase took {seconds:.0f} s; wrote the text encoder to {out} (load with "
+            f"{type(bundle.text.model).__name__}.from_pretrained({str(out)!r}))")
+    else:
+        say(f"{method} erase took {seconds:.0f} s; wrote {out / WEIGHT_NAME} (load with "
+            f"StableDiffusionPipeline.load_lora_weights({str(out)!r}) or `cdc generate --lora {out}`)")
     return 0
+
+
+def add_model_flags(p: Any) -> None:
+    """--preset and --model, as every command that loads a base model takes them."""
+    p.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
+    p.add_argument("--model", default=None,
+                   help="base model: a world folder, or an SD 1.x diffusers folder or hub id "
+                        "(default: data/models/world | CompVis/stable-diffusion-v1-4)")
 
 
 def add_erase_parser(sub: Any) -> None:
     """Add `cdc erase` to the `cdc` subparsers."""
     e = sub.add_parser(
-        "erase", help="erase a concept from a model into a diffusers LoRA folder (no DVC needed)",
-        description="Erase a concept given as text: sample anchor images (ESD: target images) from the base "
-                    "model, train the method's LoRA, and save it where StableDiffusionPipeline.load_lora_weights "
-                    "finds it. Defaults come from --params; flags override them.",
+        "erase", help="erase a concept from a model into a diffusers LoRA folder or text encoder (no DVC needed)",
+        description="Erase a concept given as text: sample anchor images (ESD, AdvUnlearn: target images) from the "
+                    "base model, train the method, and save its LoRA where StableDiffusionPipeline.load_lora_weights "
+                    "finds it (AdvUnlearn: a text encoder folder that CLIPTextModel.from_pretrained loads). Defaults "
+                    "come from --params; flags override them.",
     )
-    e.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
-    e.add_argument("--model", default=None,
-                   help="base model: a world folder, or an SD 1.x diffusers folder or hub id "
-                        "(default: data/models/world | CompVis/stable-diffusion-v1-4)")
+    add_model_flags(e)
     e.add_argument("--concept", required=True,
                    help="the concept to erase, as text (\"church\", \"van gogh\"); a concept of the shipped table "
                         "(templates.yaml `concepts`: church, garbage-truck, parachute, tench, van-gogh, nudity) "
@@ -228,7 +245,9 @@ def add_erase_parser(sub: Any) -> None:
     e.add_argument("--templates", default=None,
                    help="prompt templates YAML (default: the shipped data/prompts/templates.yaml)")
     e.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompt pairs (default: all)")
-    e.add_argument("--method", default="doco", help="doco | esd | ca (default doco)")
+    e.add_argument("--method", default="doco",
+                   help="doco | esd | ca | advunlearn | advunlearn_fast (AdvUnlearn trains the text encoder; "
+                        "default doco)")
     e.add_argument("--params", default=None,
                    help="params file: its erase.<method>, sample and anchors sections give the defaults "
                         "(default: params.yaml for --preset world, params_sd.yaml, the papers' SD v1.4 "
@@ -254,7 +273,7 @@ def add_erase_parser(sub: Any) -> None:
                         "the LoRA itself trains in fp32")
     e.add_argument("--attention", default="auto",
                    help="attention kernel in training: auto (fused SDPA on GPU, unfused on the CPU) | sdpa | unfused")
-    e.add_argument("--out", required=True, help="output LoRA folder (must be new or empty)")
+    e.add_argument("--out", required=True, help="output folder, LoRA or text encoder (must be new or empty)")
     e.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     e.add_argument("--quiet", action="store_true", help="no progress bars or messages")
     e.set_defaults(func=cmd_erase)

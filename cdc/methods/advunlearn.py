@@ -27,7 +27,7 @@ optimiser is AdamW (weight_decay 0 = the released Adam).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -106,11 +106,12 @@ def random_prefix(text: TextEncoder, candidates: Tensor, b: int, k: int, generat
 
 def soft_prompt_attack(models: Models, scheduler, x0: Tensor, adv_tokens: Tokens, context0: Tensor,
                        init: Tensor, steps: int, lr: float, method: AttackMethod,
-                       generator: torch.Generator) -> tuple[Tensor, list[float]]:
+                       generator: torch.Generator,
+                       on_step: Callable[[Tensor], None] | None = None) -> tuple[Tensor, list[float]]:
     """Inner level: Adam on delta (B, k, D_tok) from `init` for `steps` steps, fresh noise and t per step,
     no projection (released pgd), or on the gradient's sign (fast_at); returns (delta, loss of each step)
     [attack_util.py:soft_prompt_attack]. x0 (B, C, h, w) are the batch's latents, context0 the original
-    encoder's contexts of the clean prompts."""
+    encoder's contexts of the clean prompts; `on_step(delta)` sees delta after every step (for inspection)."""
     delta = init.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr)
     losses = []
@@ -122,6 +123,8 @@ def soft_prompt_attack(models: Models, scheduler, x0: Tensor, adv_tokens: Tokens
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        if on_step is not None:
+            on_step(delta.detach())
     return delta.detach(), losses
 
 
@@ -232,7 +235,8 @@ def attack_trace(
     steps: int,
 ) -> list[float]:
     """The inner attack replayed against an erased model for `steps` steps on latents (B, C, h, w) of prompts
-    (B,): its loss per step, i.e. how closely a soft prefix brings back the original model's concept prediction.
+    (B,): after each step, its loss on the same 8 fixed (noise, t) draws (the step's own draw is too noisy to
+    read), i.e. how closely the soft prefix so far brings back the original model's concept prediction.
 
     `erased` carries the trained encoder (text mode) or the LoRA UNet (unet mode); `original` is the frozen
     encoder the original model's contexts come from. Seeded by cfg.seed; nothing of either model changes.
@@ -246,6 +250,16 @@ def attack_trace(
     adv = insert_prefix(erased.text, erased.text.tokenize(list(prompts)), candidates[: cfg.attack_k])
     init = random_prefix(erased.text, candidates, len(prompts), cfg.attack_k, gen)
     x0 = latents.to(device=dev, dtype=dtype)
-    _, losses = soft_prompt_attack(models, erased.scheduler, x0, adv, encode(original, prompts, dev, dtype), init,
-                                   steps, cfg.attack_lr, cfg.attack_method, gen)
-    return losses
+    context0 = encode(original, prompts, dev, dtype)
+    draws = [noisy_latents(erased.scheduler, x0, gen) for _ in range(8)]  # (x_t, noise, t), fixed for every step
+    trace: list[float] = []
+
+    def evaluate(delta: Tensor) -> None:
+        with torch.no_grad():
+            trace.append(float(torch.stack([attack_loss(models, x_t, t, adv, delta, context0)
+                                            for x_t, _, t in draws]).mean()))
+
+    evaluate(init)
+    soft_prompt_attack(models, erased.scheduler, x0, adv, context0, init, steps, cfg.attack_lr, cfg.attack_method,
+                       gen, on_step=evaluate)
+    return trace

@@ -1,0 +1,62 @@
+"""`cdc sweep`: the concept x method grid of a params file as queued DVC experiments, one per (concept, method).
+
+Each experiment is the pipeline with `erase.concepts` and `erase.methods` narrowed to one pair (anchors, erase,
+evaluate, attack and report of that pair), so `dvc queue start -j N` runs N of them side by side, on one
+machine or, with one DVC worker per GPU, on several, and `dvc exp show` lists their metrics together.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+
+def queue_commands(concepts: list[str], methods: list[str], params_file: str = "params.yaml") -> list[list[str]]:
+    """One `dvc exp run --queue` command per (concept, method), named `<concept>-<method>`."""
+    where = "" if params_file == "params.yaml" else f"{params_file}:"
+    return [["dvc", "exp", "run", "--queue", "-n", f"{c}-{m}".replace("_", "-"),
+             "-S", f"{where}erase.concepts=[{c}]", "-S", f"{where}erase.methods=[{m}]"]
+            for c in concepts for m in methods]
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Queue the grid (or print it with --dry-run)."""
+    from cdc.params import load_params
+
+    params = load_params(args.params)
+    concepts = args.concept or params.erase.concepts
+    methods = args.method or params.erase.methods
+    unknown = [c for c in concepts if c not in params.erase.concepts] + \
+              [m for m in methods if m not in params.erase.methods]
+    if unknown:
+        raise ValueError(f"{unknown[0]!r} is not in {args.params}'s erase.concepts or erase.methods")
+    commands = queue_commands(concepts, methods, Path(args.params).name)
+    if args.dry_run:
+        print("\n".join(" ".join(c) for c in commands))
+        return 0
+    if shutil.which("dvc") is None:
+        raise OSError("dvc is not on PATH (activate the environment that installed cdc)")
+    for command in commands:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise OSError(f"{' '.join(command)} failed: {(done.stderr or done.stdout).strip().splitlines()[-1]}")
+    if not args.quiet:
+        print(f"queued {len(commands)} experiments; run them with `dvc queue start -j N`, "
+              "follow with `dvc queue status`, compare with `dvc exp show`")
+    return 0
+
+
+def add_sweep_parser(sub: Any) -> None:
+    """Add `cdc sweep` to the `cdc` subparsers."""
+    s = sub.add_parser("sweep", help="queue the concept x method grid as DVC experiments (dvc queue start -j N)",
+                       description="One queued DVC experiment per (concept, method) of the params file; each runs "
+                                   "the pipeline for that pair. Run them with `dvc queue start -j N`.")
+    s.add_argument("--params", default="params.yaml", help="params file whose erase section gives the grid")
+    s.add_argument("--concept", action="append", default=None, help="only these concepts (repeatable)")
+    s.add_argument("--method", action="append", default=None, help="only these methods (repeatable)")
+    s.add_argument("--dry-run", action="store_true", help="print the dvc commands instead of running them")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_sweep)
