@@ -174,9 +174,9 @@ def test_run_method_on_tiny_world(tiny_world_bundle, world, smoke_params):
     doco = dataclasses.replace(smoke_params.erase.doco, steps=2, warmup_steps=1, batch_size=2)
     esd = dataclasses.replace(smoke_params.erase.esd, steps=2, batch_size=2)
     for method, cfg in [("doco", doco), ("esd", esd)]:
-        unet, history = run_method(tiny_world_bundle, method, pairs, samples, cfg, progress=False)
+        erased, history = run_method(tiny_world_bundle, method, pairs, samples, cfg, progress=False)
         assert history and all(np.isfinite(h["seconds"]) for h in history)
-        remove_lora(unet)
+        remove_lora(erased.unet)
     with pytest.raises(ValueError, match="unknown method"):
         run_method(tiny_world_bundle, "uce", pairs, samples, doco, progress=False)
 
@@ -220,7 +220,12 @@ def test_report_table(tmp_path):
             for m, v, a, r in [("base", 0.9, 1.0, 1.0), ("doco", 0.0, 0.9375, 0.4), ("esd", 0.0, 1.0, 0.95)]]
     save_json(rows, tmp_path / "eval" / "church.json")
     save_json({"seconds": 12.0, "peak_mem_mb": 900}, tmp_path / "erase" / "church" / "doco.json")
-    table = erase_table(["church"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS)
+    asr = {f"{a}{s}": v for a in ("asr_prefix", "asr_inversion")
+           for s, v in (("", 0.5), ("_lo", 0.2), ("_hi", 0.8), ("_n", 10), ("_nothing", False))}
+    save_json([{"concept": "church", "method": m, **asr, "pre_asr": 0.1, "pre_asr_lo": 0.0, "pre_asr_hi": 0.4}
+               for m in ("base", "doco", "esd")], tmp_path / "attack" / "church.json")
+    attacks = tmp_path / "attack"
+    table = erase_table(["church"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS, attacks)
     table = table.set_index("method")
     assert table.loc["doco", "retain_neighbors_vs_base"] == pytest.approx(0.4)
     assert table.loc["doco", "seconds"] == 12.0
@@ -234,12 +239,12 @@ def test_report_table(tmp_path):
     tex = latex_table(table.reset_index())
     assert "church & doco & 0.00" in tex and "nbr, all$^\\ast$" in tex
     with pytest.raises(ValueError, match="missing rows"):
-        erase_table(["church"], ["doco", "ca"], tmp_path / "eval", tmp_path / "erase", TARGETS)
+        erase_table(["church"], ["doco", "ca"], tmp_path / "eval", tmp_path / "erase", TARGETS, attacks)
     with pytest.raises(FileNotFoundError, match="dvc repro evaluate"):
-        erase_table(["fish"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS)
+        erase_table(["fish"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS, attacks)
     save_json([{k: v for k, v in r.items() if k != "in_set_n"} for r in rows], tmp_path / "old" / "church.json")
     with pytest.raises(ValueError, match="image counts"):
-        erase_table(["church"], ["doco"], tmp_path / "old", tmp_path / "erase", TARGETS)
+        erase_table(["church"], ["doco"], tmp_path / "old", tmp_path / "erase", TARGETS, attacks)
 
 
 def test_prompt_rates(world):
