@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     evaluate_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
                                      in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg,
                                      sampler=sampler, progress=False)
-    adv_retain = retain_set(world, retain)  # AdvUnlearn's regulariser never sees the retained concepts
+    # AdvUnlearn's regulariser never sees the retained concepts
+    adv_retain = retain_set(world, pairs.family, retain)
     plan = plan_attacks(bundle, judge, world, pairs, samples, params.attack, sampler) if args.attack else None
 
     def judge_row(model: ModelBundle) -> tuple[dict, dict]:

@@ -30,13 +30,19 @@ from cdc.world.data import World
 MethodConfig = DocoConfig | EsdConfig | CaConfig | AdvUnlearnConfig
 
 
-def retain_set(world: World, exclude: Sequence[str]) -> tuple[list[str], np.ndarray]:
+def retain_set(world: World, family: str, exclude: Sequence[str]) -> tuple[list[str], np.ndarray]:
     """AdvUnlearn's retain data in the world: every render of a concept outside every family (members, anchors,
     neighbours) and outside `exclude` (the evaluation's retained concepts, so retention is measured on concepts
-    the regulariser never saw), with its canonical prompt: (prompts (N,), images (N, S, S, 3) uint8)."""
+    the regulariser never saw), with its canonical prompt: (prompts (N,), images (N, S, S, 3) uint8).
+
+    Erasing a style family also leaves out every render in that style: its prompts name the style, and the
+    released code drops retain prompts that name the concept.
+    """
     skip = set(exclude) | {k for f in world.targets.values() for k in [*f["members"], *f["neighbours"]]}
     skip |= {f["anchor"] for f in world.targets.values() if f["kind"] == "object"}
-    keep = [i for i in range(len(world.images)) if world.keys[world.concept[i]] not in skip]
+    styles = [world.styles.index(family)] if world.targets[family]["kind"] == "style" else []
+    keep = [i for i in range(len(world.images))
+            if world.keys[world.concept[i]] not in skip and world.style[i] not in styles]
     if not keep:
         raise ValueError("no render is left for AdvUnlearn's retain set")
     prompts = [canonical_prompt(world.keys[world.concept[i]], world.styles[world.style[i]]) for i in keep]

@@ -41,12 +41,17 @@ def tiny_world() -> World:
 
 def test_retain_set_leaves_out_the_families_and_the_evaluated_concepts():
     world = tiny_world()
-    prompts, images = retain_set(world, exclude=["tree"])
+    prompts, images = retain_set(world, "church", exclude=["tree"])
     assert prompts == ["a cat, twemoji style", "a cat, openmoji style", "a car, twemoji style",
                        "a car, openmoji style"]
     assert images[:, 0, 0, 0].tolist() == [6, 7, 10, 11]  # the renders of those prompts, in order
     with pytest.raises(ValueError, match="no render is left"):
-        retain_set(world, exclude=["cat", "tree", "car"])
+        retain_set(world, "church", exclude=["cat", "tree", "car"])
+    # Erasing the OpenMoji style: no retain prompt names it.
+    world.targets["openmoji"] = {"kind": "style", "members": [], "anchor": "twemoji", "umbrella": [],
+                                 "neighbours": []}
+    prompts, images = retain_set(world, "openmoji", exclude=["tree"])
+    assert prompts == ["a cat, twemoji style", "a car, twemoji style"] and images[:, 0, 0, 0].tolist() == [6, 10]
 
 
 def test_attacked_prompts_are_a_seeded_subset():
