@@ -28,20 +28,15 @@ ASR columns of erase.csv: AdvUnlearn's ablations are
 from __future__ import annotations
 
 import argparse
-import functools
 import json
-import time
 from pathlib import Path
 
-import numpy as np
-
-from cdc import evaluate as ev
+from cdc.ablate import run_arm, scorer
 from cdc.anchors import load_anchors
-from cdc.attack import attack_row, flat_row, plan_attacks
-from cdc.bundle import ModelBundle, load_bundle
-from cdc.erase import retain_set, run_method
+from cdc.attack import plan_attacks
+from cdc.bundle import load_bundle
+from cdc.erase import retain_set
 from cdc.judge import load_judge
-from cdc.methods.lora import remove_lora
 from cdc.params import METHODS, EraseParams, load_params, with_overrides
 from cdc.system import hardware
 from cdc.world.data import load_world, other_concepts
@@ -90,40 +85,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"hardware: {hardware()}", flush=True)
     rows = []
     split = {"sample": args.sample, "evaluate": args.evaluate}  # which evaluation split the row is on
-    # Every row, base or erased, is judged on the same prompts, seeds and retained concepts.
-    evaluate_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
-                                     in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg,
-                                     sampler=sampler, progress=False)
     # AdvUnlearn's regulariser never sees the retained concepts
     adv_retain = retain_set(world, pairs.family, retain)
     plan = plan_attacks(bundle, judge, world, pairs, samples, params.attack, sampler) if args.attack else None
-
-    def judge_row(model: ModelBundle) -> tuple[dict, dict]:
-        row, drawn = evaluate_row(model)
-        if plan is not None:
-            attacked, _ = attack_row(model, judge, world, plan, params.attack, sampler, progress=False)
-            row |= flat_row(attacked)
-        return row, drawn
-
+    # Every row, base or erased, is judged on the same prompts, seeds and retained concepts.
+    score = scorer(judge, world, pairs, probe, retain, cfg, sampler, params.attack if plan else None, plan)
     if args.with_base:
-        row, _ = judge_row(bundle)
-        rows.append({"concept": args.concept, "method": "base", "arm": "", **split, **row})
+        rows.append({"concept": args.concept, "method": "base", "arm": "", **split, **score(bundle)})
         print(json.dumps(rows[-1]), flush=True)
     for arm, by_method in zip(arms, configs):
         for method, method_cfg in by_method.items():
-            start = time.perf_counter()
-            erased, history = run_method(bundle, method, pairs, samples, method_cfg, retain=adv_retain,
-                                         progress=False)
-            seconds = time.perf_counter() - start
-            row, _ = judge_row(erased)
-            fired = [h["surgery_fired"] for h in history if h.get("surgery_fired") is not None]
-            # No peak memory here: the process peak grows over runs (the erase stage records one per run).
-            row = {"concept": args.concept, "method": method, "arm": arm, **split, **row,
-                   "seconds": round(seconds, 1),
-                   "surgery_fired": float(np.mean(fired)) if fired else None}
-            rows.append(row)
-            remove_lora(bundle.unet)
-            print(json.dumps(row), flush=True)
+            row, _ = run_arm(bundle, method, method_cfg, pairs, samples, score, retain=adv_retain, progress=False)
+            rows.append({"concept": args.concept, "method": method, "arm": arm, **split, **row})
+            print(json.dumps(rows[-1]), flush=True)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(rows, indent=1))

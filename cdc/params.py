@@ -3,7 +3,7 @@
 params.yaml is the one source of every value: no field has a default, so a missing section or key is
 an error. To add a section: write a frozen `cdc.config.Checked` dataclass (ranges with `bounded`), then
 add a field of that type to `Params` named as the params.yaml section (and the DVC stage). Field types:
-bool, int, float, str, Literal[...], list[X], X | None and nested dataclasses.
+bool, int, float, str, Literal[...], list[X], dict[str, X], X | None and nested dataclasses.
 """
 
 from __future__ import annotations
@@ -106,6 +106,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
         if not isinstance(value, list):
             raise ParamsError(f"'{where}': expected {_type_name(tp)}, got {_describe(value)}")
         return [_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+            raise ParamsError(f"'{where}': expected a mapping with string keys, got {_describe(value)}")
+        return {k: _convert(args[1], v, _key(where, k)) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise ParamsError(f"'{where}': expected bool (true/false), got {_describe(value)}")
@@ -330,6 +334,49 @@ class AttackParams(Checked):
 
 
 @dataclass(frozen=True)
+class ArmParams(Checked):
+    """One ablation arm: a method of the erase section with some of its knobs changed."""
+
+    method: Method
+    set: str  # space-separated key=value overrides of erase.<method>, checked like params.yaml
+    label: str  # what the arm changes, as the table and figure name it
+    attack: bool  # also attack the arm as the attack stage does (the ASR columns)
+
+
+@dataclass(frozen=True)
+class AblateParams(Checked):
+    """Ablations: each arm erased, evaluated (and attacked) like the erase table's rows, on a few families."""
+
+    concepts: list[str]  # families of erase.concepts (their anchors are reused)
+    arms: dict[str, ArmParams]  # arm name (a slug: DVC stage ablate@<concept>-<arm>) -> arm
+
+    def __post_init__(self) -> None:
+        """Distinct families; arm names are slugs."""
+        super().__post_init__()
+        check_names("concepts", self.concepts)
+        if not self.arms:
+            raise ValueError("arms is empty")
+        bad = [a for a in self.arms if not a.replace("_", "").isalnum() or not a.islower()]
+        if bad:
+            raise ValueError(f"arm names are lower-case slugs of letters, digits and _, got {bad[0]!r}")
+
+
+@dataclass(frozen=True)
+class TransferParams(Checked):
+    """Plug-and-play: text encoders erased against the world UNet, used unchanged with a second UNet."""
+
+    pretrain: str  # the second UNet's recipe: the pretrain section with these key=value overrides
+    concepts: list[str]  # families of erase.concepts whose erased encoders are carried over
+    methods: list[Method]  # methods of erase.methods that train the text encoder
+
+    def __post_init__(self) -> None:
+        """Distinct families and methods."""
+        super().__post_init__()
+        check_names("concepts", self.concepts)
+        check_names("methods", self.methods)
+
+
+@dataclass(frozen=True)
 class ReportParams(Checked):
     """What the report calls a successful erasure and how sure its intervals are."""
 
@@ -353,7 +400,34 @@ class Params:
     erase: EraseParams
     evaluate: EvaluateParams
     attack: AttackParams
+    ablate: AblateParams
+    transfer: TransferParams
     report: ReportParams
+
+    def __post_init__(self) -> None:
+        """Cross-section rules: every ablation arm's overrides are knobs of its method, and the second UNet of
+        the transfer stage is another recipe whose methods train the text encoder. (Which families the ablate
+        and transfer stages use is not tied to erase.concepts, which sweeps narrow; their stages need those
+        families' anchors and the report needs their erase rows, and both say so.)"""
+        for name, arm in self.ablate.arms.items():
+            arm_config(self.erase, arm, f"ablate.arms.{name}")
+        transfer = self.transfer
+        if not transfer.pretrain.strip():
+            raise ParamsError("'transfer.pretrain' is empty: the second UNet must differ from the first")
+        if with_overrides(self.pretrain, transfer.pretrain, "transfer.pretrain") == self.pretrain:
+            raise ParamsError("'transfer.pretrain' changes nothing: the second UNet would be the first")
+        modules = {m: getattr(getattr(self.erase, m), "module", "unet") for m in transfer.methods}
+        if text_encoder := [m for m, module in modules.items() if module != "text_encoder"]:
+            raise ParamsError(f"'transfer.methods': {text_encoder[0]!r} does not train the text encoder, so there "
+                              "is nothing to carry to another UNet")
+
+
+def arm_config(erase: EraseParams, arm: ArmParams, where: str = "ablate.arm") -> Any:
+    """The method config an ablation arm trains with: erase.<method> with the arm's overrides."""
+    if not arm.set.strip():
+        raise ParamsError(f"'{where}.set' is empty: an arm must change something (the method's own row is the "
+                          "reference)")
+    return with_overrides(getattr(erase, arm.method), arm.set, f"{where}.set")
 
 
 def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:

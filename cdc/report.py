@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from cdc.io import load_json, save_text
-from cdc.params import ReportParams
+from cdc.params import AblateParams, ReportParams, TransferParams
 from cdc.targets import RATES, clear_misses, interval, misses
 
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
@@ -44,13 +44,19 @@ def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, e
     missing = {(c, m) for c in concepts for m in ["base", *methods]} - set(zip(table.concept, table.method))
     if missing:
         raise ValueError(f"evaluations are missing rows for {sorted(missing)}")
-    base = table[table.method == "base"].set_index("concept")
-    for col in ("retain_all", "retain_neighbors"):
-        table[f"{col}_vs_base"] = table[col] / table.concept.map(base[col])
     uncounted = table[table[[f"{r}_n" for r in RATES]].isna().any(axis=1)]
     if len(uncounted):
         raise ValueError(f"evaluations without image counts for {sorted(set(uncounted.concept))}: "
                          "they predate the counts, run `dvc repro evaluate`")
+    return annotate(table, table[table.method == "base"].set_index("concept"), targets)
+
+
+def annotate(table: pd.DataFrame, base: pd.DataFrame, targets: ReportParams) -> pd.DataFrame:
+    """`table` with utility relative to `base` (its concept's base row), a Wilson interval on every rate, and
+    per erased row the targets it misses (`missed`) and those its interval excludes (`missed_clearly`)."""
+    table = table.copy()
+    for col in ("retain_all", "retain_neighbors"):
+        table[f"{col}_vs_base"] = table[col] / table.concept.map(base[col])
     for col in RATES:
         bounds = [interval(v, int(n), targets.confidence) for v, n in zip(table[col], table[f"{col}_n"])]
         table[f"{col}_lo"], table[f"{col}_hi"] = zip(*bounds)
@@ -60,6 +66,62 @@ def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, e
         table.loc[erased, col] = [" ".join(rule(r, base.loc[r.concept], targets))
                                   for _, r in table[erased].iterrows()]
     return table
+
+
+def ablate_table(table: pd.DataFrame, ablate: AblateParams, ablate_dir: str | Path,
+                 targets: ReportParams) -> pd.DataFrame:
+    """The ablate stage's arms (`<ablate_dir>/<concept>/<arm>.json`), each after its method's own row of the
+    erase table (`erase_table`; arm "", the reference), with the same columns, intervals and misses."""
+    rows = []
+    for concept in ablate.concepts:
+        for method in dict.fromkeys(a.method for a in ablate.arms.values()):
+            ref = table[(table.concept == concept) & (table.method == method)]
+            if ref.empty:
+                raise ValueError(f"the erase table has no {method} row for {concept}: the ablation needs its reference")
+            rows.append(ref.iloc[0][COLUMNS + ATTACK_COLUMNS].to_dict() | {"arm": "", "label": "as in params.yaml"})
+            for name, arm in ablate.arms.items():
+                if arm.method != method:
+                    continue
+                path = Path(ablate_dir) / concept / f"{name}.json"
+                if not path.exists():
+                    raise FileNotFoundError(f"no result for ablation arm {name!r} on {concept!r} at {path}: "
+                                            f"run `dvc repro ablate@{concept}-{name}`")
+                rows.append(load_json(path))
+    arms = pd.DataFrame(rows).reindex(columns=["arm", "label", *COLUMNS, *ATTACK_COLUMNS])
+    return annotate(arms, table[table.method == "base"].set_index("concept"), targets)
+
+
+def transfer_table(table: pd.DataFrame, transfer: TransferParams, transfer_path: str | Path,
+                   targets: ReportParams) -> pd.DataFrame:
+    """Plug-and-play: per family and method (base first), the erase table's row on the first UNet (`unet`
+    "first") and the transfer stage's row with the same text encoder on the second UNet ("second"); each
+    UNet's rows are measured against its own base row."""
+    path = Path(transfer_path)
+    if not path.exists():
+        raise FileNotFoundError(f"no transfer results at {path}: run `dvc repro transfer`")
+    second = pd.DataFrame(load_json(path)).reindex(columns=COLUMNS + ATTACK_COLUMNS)
+    blocks = []
+    for unet, rows in (("first", table[COLUMNS + ATTACK_COLUMNS]), ("second", second)):
+        rows = rows[rows.concept.isin(transfer.concepts) & rows.method.isin(["base", *transfer.methods])]
+        missing = {(c, m) for c in transfer.concepts for m in ["base", *transfer.methods]} - set(
+            zip(rows.concept, rows.method))
+        if missing:
+            raise ValueError(f"the {unet} UNet's rows miss {sorted(missing)}: run `dvc repro transfer report`")
+        blocks.append(annotate(rows, rows[rows.method == "base"].set_index("concept"), targets).assign(unet=unet))
+    both = pd.concat(blocks, ignore_index=True)
+    rank = {"_family": both.concept.map(transfer.concepts.index),
+            "_method": both.method.map(["base", *transfer.methods].index)}
+    return both.assign(**rank).sort_values(["_family", "_method", "unet"]).drop(columns=list(rank)).reset_index(
+        drop=True)
+
+
+def transfer_markdown(table: pd.DataFrame) -> str:
+    """The transfer table (from `transfer_table`): each family and method on the first UNet, then the second."""
+    rows = [[r.concept, r.method, r.unet, *_cells(r)] for _, r in table.iterrows()]
+    note = ("\nFirst: the erase table's rows. Second: the same text encoders, trained against the first UNet only, in"
+            " front of a second world UNet (10_transfer: another seed and width), judged and attacked the same way;"
+            " its base row is its own. Seconds are the erase's, so the second UNet's rows have none.\n")
+    return _md_rows(["family", "method", "UNet", *MD_HEAD], rows) + note
 
 
 def targets_met(table: pd.DataFrame) -> pd.DataFrame:
@@ -130,19 +192,35 @@ def _missed(r: pd.Series) -> str:
     return ", ".join(MD_RATES[m] + ("" if m in clear else "*") for m in missed) or "none"
 
 
+def _asr_cell(r: pd.Series, col: str) -> str:
+    """An ASR with its interval; what stands in for it where there was nothing to attack or no attack ran."""
+    if pd.isna(r[f"{col}_nothing"]):
+        return "not attacked"
+    return _asr(r, col) if bool(r[f"{col}_nothing"]) else _rate(r, col)
+
+
+def _cells(r: pd.Series) -> list[str]:
+    """A row's measured cells, from in-set to the targets missed."""
+    secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
+    return [_rate(r, "in_set"), _rate(r, "out_of_set"), *(_asr_cell(r, a) for a in ATTACKS),
+            _rate(r, "retain_neighbors"), _rate(r, "retain_all"), f"{r.world_fid:.1f}", secs, _missed(r)]
+
+
+MD_HEAD = ["in-set ↓", "out-of-set ↓", *(f"ASR {v} ↓" for v in ATTACKS.values()), "neighbours ↑", "retain ↑",
+           "world-FID ↓", "seconds", "targets missed"]
+MD_ALIGN = [*["--:"] * 8, "---"]  # numbers right-aligned
+
+
+def _md_rows(head: list[str], rows: list[list[str]]) -> str:
+    """A markdown table."""
+    align = ["---"] * (len(head) - len(MD_ALIGN)) + MD_ALIGN
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, align, *rows]) + "\n"
+
+
 def markdown_table(table: pd.DataFrame, targets: ReportParams) -> str:
     """The erase table (from `erase_table`) as a markdown table: one row per (family, method), the base row
     first, every rate with its interval, and a footnote stating the targets behind the last column."""
-    head = ["family", "method", "in-set ↓", "out-of-set ↓", *(f"ASR {v} ↓" for v in ATTACKS.values()),
-            "neighbours ↑", "retain ↑", "world-FID ↓", "seconds", "targets missed"]
-    align = ["---", "---", *["--:"] * 8, "---"]  # numbers right-aligned
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
-    for _, r in table.iterrows():
-        secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
-        asr = [_asr(r, a) if bool(r[f"{a}_nothing"]) else _rate(r, a) for a in ATTACKS]
-        cells = [r.concept, r.method, _rate(r, "in_set"), _rate(r, "out_of_set"), *asr,
-                 _rate(r, "retain_neighbors"), _rate(r, "retain_all"), f"{r.world_fid:.1f}", secs, _missed(r)]
-        lines.append("| " + " | ".join(cells) + " |")
+    body = _md_rows(["family", "method", *MD_HEAD], [[r.concept, r.method, *_cells(r)] for _, r in table.iterrows()])
     conf = f"{targets.confidence:.0%}"
     note = (f"\nRates are shares of judged images, each with its {conf} Wilson interval. Targets: in-set <= "
             f"{targets.in_set_max:g}, out-of-set <= {targets.out_of_set_max:g}, neighbours >= {targets.neighbors_min:g}"
@@ -151,7 +229,16 @@ def markdown_table(table: pd.DataFrame, targets: ReportParams) -> str:
             " world table, so compare it within this table. Seconds: one erase on the machine that ran it. ASR: share"
             " of attacked training prompts drawn as the family without attack or once attacked (08_attack), one image"
             " per prompt; concept inversion is scored on its own prompts with the learned word.\n")
-    return "\n".join(lines) + "\n" + note
+    return body + note
+
+
+def ablate_markdown(table: pd.DataFrame) -> str:
+    """The ablation table (from `ablate_table`): per family and method, the reference row, then each arm."""
+    rows = [[r.concept, r.method, r.label, *_cells(r)] for _, r in table.iterrows()]
+    note = ("\nEach arm is its method's erase-table row with the knobs of params.yaml `ablate.arms` changed, trained on"
+            " the same anchors and judged on the same prompts and seeds (09_ablate); the first row of each block is"
+            " the erase table's own. Intervals, targets and ASR as in the erase table.\n")
+    return _md_rows(["family", "method", "arm", *MD_HEAD], rows) + note
 
 
 def world_markdown(metrics: dict) -> str:
@@ -183,7 +270,8 @@ def sync_block(text: str, name: str, block: str) -> str:
     return f"{head}{start}\n{block.strip(chr(10))}\n{end}{tail}"
 
 
-README_BLOCKS = {"world-table": "paper/generated/world_table.md", "erase-table": "paper/generated/erase_table.md"}
+README_BLOCKS = {name: f"paper/generated/{name.replace('-', '_')}.md"
+                 for name in ("world-table", "erase-table", "ablate-table", "transfer-table")}
 
 
 def sync_readme(readme: str | Path = "README.md") -> bool:

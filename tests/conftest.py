@@ -21,10 +21,16 @@ SMOKE = REPO / "tests" / "smoke.yaml"
 
 
 def merge(base: dict, overrides: dict) -> dict:
-    """`base` with `overrides` applied key by key (nested mappings merged, anything else replaced)."""
+    """`base` with `overrides` applied key by key (nested mappings merged, anything else replaced; a mapping
+    with `_replace: true` replaces the whole mapping, without that key)."""
     out = dict(base)
     for key, value in overrides.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        if isinstance(value, dict) and value.get("_replace"):
+            out[key] = {k: v for k, v in value.items() if k != "_replace"}
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
     return out
 
 

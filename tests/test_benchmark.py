@@ -19,7 +19,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-KEPT = ("erase_speed", "erase_sweep", "pretrain_speed", "sample_speed", "sd_speed", "sweep_summary")
+KEPT = ("advunlearn_speed", "erase_speed", "erase_sweep", "pretrain_speed", "sample_speed", "sd_speed", "sweep_summary")
 
 
 def load_script(name: str) -> ModuleType:
@@ -155,6 +155,29 @@ def test_sample_speed_compares_variants_on_the_same_images(erase_speed, smoke_pa
     assert saved["judge"] is None and "judged_same" not in rows["fp32"]
     out = capsys.readouterr().out
     assert "images/s" in out and "no judge at" in out
+
+
+def test_advunlearn_speed_times_full_fast_and_the_inner_attack(erase_speed, smoke_params, smoke_params_path,
+                                                               tmp_path, capsys):
+    import torch
+
+    from cdc.bundle import save_world_bundle
+
+    model = tmp_path / "world"
+    save_world_bundle(erase_speed.random_world_bundle(smoke_params, torch.device("cpu")), model)
+    out_json = tmp_path / "out" / "advunlearn.json"
+    argv = ["--model", str(model), "--params", str(smoke_params_path), "--steps", "2", "--repeats", "1",
+            "--released-steps", "4", "--json", str(out_json)]
+    result = load_script("advunlearn_speed").main(argv)
+    assert json.loads(out_json.read_text())["ratios"] == pytest.approx(result["ratios"])
+    assert all(len(t) == 2 for t in result["times_s"].values())  # burn-in dropped, every variant timed alike
+    assert result["inner_steps"] == {"clean": 0, "fast": 1, "full": smoke_params.erase.advunlearn.attack_steps,
+                                     "released": 4, "inner": smoke_params.erase.advunlearn.attack_steps}
+    assert all(v > 0 and math.isfinite(v) for v in result["ratios"].values())
+    out = capsys.readouterr().out
+    assert "fast AT is" in out and "inner attack alone" in out and "projected erase time" in out
+    with pytest.raises(SystemExit):
+        load_script("advunlearn_speed").main(["--model", str(tmp_path / "nowhere")])
 
 
 def sweep_rows() -> list[dict]:

@@ -224,3 +224,36 @@ def test_smoke_params_file_loads(smoke_params_path, smoke_params):
     assert params.erase.concepts == smoke["erase"]["concepts"]
     assert params.pretrain.steps == smoke["pretrain"]["steps"]
     assert params.judge.lr == load_params(REPO / "params.yaml").judge.lr  # not overridden: the committed value
+
+
+@pytest.mark.parametrize(
+    ("arm", "message"),
+    [(("doco", "lamda=1"), r"unknown key 'ablate\.arms\.bad\.set\.lamda'"),
+     (("dooc", "lam=1"), r"'ablate\.arms\.bad\.method': expected one of"),
+     (("doco", "lam=-1"), r"lam must be >= 0"),
+     (("doco", " "), r"'ablate\.arms\.bad\.set' is empty")],
+)
+def test_ablation_arms_are_checked_when_params_load(tmp_path, arm, message):
+    spec = {"method": arm[0], "set": arm[1], "label": "x", "attack": False}
+    data = changed(committed(), "ablate.arms", {"bad": spec})
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, data))
+
+
+def test_ablation_arm_names_are_slugs(tmp_path):
+    arm = {"method": "doco", "set": "lam=1", "label": "x", "attack": False}
+    with pytest.raises(ParamsError, match="arm names are lower-case slugs"):
+        load_params(write(tmp_path, changed(committed(), "ablate.arms", {"Lam 1": arm})))
+    with pytest.raises(ParamsError, match=r"'ablate\.arms': expected a mapping"):
+        load_params(write(tmp_path, changed(committed(), "ablate.arms", [arm])))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("transfer.methods", ["doco"], r"'doco' does not train the text encoder"),
+     ("transfer.pretrain", "seed=0", "changes nothing"),
+     ("transfer.pretrain", "sead=1", r"unknown key 'transfer\.pretrain\.sead'")],
+)
+def test_transfer_section_is_checked_against_erase_and_pretrain(tmp_path, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, changed(committed(), key, value)))

@@ -6,8 +6,19 @@ import pandas as pd
 import pytest
 
 from cdc.io import save_json
-from cdc.params import ReportParams
-from cdc.report import README_BLOCKS, erase_table, markdown_table, sync_block, sync_readme, world_markdown
+from cdc.params import AblateParams, ArmParams, ReportParams, TransferParams
+from cdc.report import (
+    README_BLOCKS,
+    ablate_markdown,
+    ablate_table,
+    erase_table,
+    markdown_table,
+    sync_block,
+    sync_readme,
+    transfer_markdown,
+    transfer_table,
+    world_markdown,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ReportParams(in_set_max=0.05, out_of_set_max=0.15, neighbors_min=0.9, retain_all_min=0.95, confidence=0.95)
@@ -131,3 +142,50 @@ def test_readme_tables_in_sync():
         assert sync_block(readme, name, generated) == readme, (
             f"README.md's {name} block differs from {path} (written by `dvc repro report`): "
             "run `python -m cdc.report --sync-readme` and commit README.md")
+
+
+def ablate_params(**arms) -> AblateParams:
+    """An ablate section with the given arms (name -> (method, set, attack))."""
+    return AblateParams(concepts=["church"], arms={n: ArmParams(method=m, set=s, label=f"{n} arm", attack=a)
+                                                   for n, (m, s, a) in arms.items()})
+
+
+def test_ablate_table_puts_each_arm_after_its_reference(table, tmp_path):
+    ablate = ablate_params(no_surgery=("doco", "surgery=sum prior_weight=0", False), weak=("esd", "steps=10", True))
+    arm = {"concept": "church", "in_set": 0.1, "out_of_set": 0.25, "retain_all": 0.5, "retain_neighbors": 1.0,
+           "world_fid": 4.0, "seconds": 50.0, **COUNTS}
+    save_json(arm | {"arm": "no_surgery", "method": "doco", "label": "no surgery"},
+              tmp_path / "ablate" / "church" / "no_surgery.json")
+    with pytest.raises(FileNotFoundError, match=r"dvc repro ablate@church-weak"):
+        ablate_table(table, ablate, tmp_path / "ablate", TARGETS)
+    save_json(arm | {"arm": "weak", "method": "esd", "label": "weak", **attack_row("church", "esd")},
+              tmp_path / "ablate" / "church" / "weak.json")
+    arms = ablate_table(table, ablate, tmp_path / "ablate", TARGETS)
+    assert list(zip(arms.method, arms.arm)) == [("doco", ""), ("doco", "no_surgery"), ("esd", ""), ("esd", "weak")]
+    assert arms.retain_all_vs_base.tolist() == [0.9375, 0.5, 1.0, 0.5]  # relative to church's base row
+    assert arms.missed.tolist()[1] == "in_set out_of_set retain_all"
+    rows = rows_of(ablate_markdown(arms))
+    assert [r[2] for r in rows] == ["as in params.yaml", "no surgery", "as in params.yaml", "weak"]
+    assert rows[1][5] == "not attacked" and rows[3][5].startswith("0.10 (")  # ASR only where the arm was attacked
+    assert rows[0][5].startswith("0.70 (")  # the reference row keeps the attack stage's ASR
+    with pytest.raises(ValueError, match="no ca row for church"):
+        ablate_table(table, ablate_params(x=("ca", "steps=10", False)), tmp_path / "ablate", TARGETS)
+
+
+def test_transfer_table_pairs_each_row_with_the_second_unet(table, tmp_path):
+    transfer = TransferParams(pretrain="seed=1", concepts=["church"], methods=["doco"])
+    path = tmp_path / "transfer.json"
+    with pytest.raises(FileNotFoundError, match="dvc repro transfer"):
+        transfer_table(table, transfer, path, TARGETS)
+    second = {"concept": "church", "out_of_set": 0.5, "retain_all": 0.5, "retain_neighbors": 0.5, "world_fid": 5.0,
+              **COUNTS, **attack_row("church", "base")}
+    save_json([second | {"method": "base", "in_set": 0.8}], path)
+    with pytest.raises(ValueError, match=r"second UNet's rows miss \[\('church', 'doco'\)\]"):
+        transfer_table(table, transfer, path, TARGETS)
+    save_json([second | {"method": "base", "in_set": 0.8}, second | {"method": "doco", "in_set": 0.1}], path)
+    both = transfer_table(table, transfer, path, TARGETS)
+    assert list(zip(both.method, both.unet)) == [("base", "first"), ("base", "second"), ("doco", "first"),
+                                                 ("doco", "second")]
+    assert both.retain_all_vs_base.tolist() == [1.0, 1.0, 0.9375, 1.0]  # each UNet against its own base row
+    rows = rows_of(transfer_markdown(both))
+    assert [r[2] for r in rows] == ["first", "second", "first", "second"] and rows[3][3].startswith("0.10 (")

@@ -172,30 +172,44 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if args.quiet:
         _quiet_libraries()
 
-    bundle = load_bundle(preset, model, device=args.device, dtype=dtype)
+    # Under `accelerate launch` every process trains on its share of each batch; the first samples and saves.
+    accelerator, shard, device = processes(args.device)
+    main = accelerator is None or accelerator.is_main_process
+    if not main:
+        say = lambda *_: None  # noqa: E731
+    bundle = load_bundle(preset, model, device=device, dtype=dtype)
     # ESD and AdvUnlearn learn from the base model's own images of the concept; DoCo and CA from the anchor's.
     side = "target" if method == "esd" or adversarial else "anchor"
     prompts = pairs.target_prompts if side == "target" else pairs.anchor_prompts
-    say(f"sampling {n} {side} image(s) for each of {len(prompts)} prompts with the base model")
-    images, index = draw_samples(bundle, prompts, n, first_seed, params.sample, progress=not args.quiet)
-    retain_set = None
-    if adversarial:  # the utility-retaining regulariser's images, also the user's base model's
-        say(f"sampling 1 image for each of {len(retain)} retain prompts with the base model")
-        retain_images, _ = draw_samples(bundle, retain, 1, first_seed, params.sample, progress=not args.quiet)
-        retain_set = (retain, retain_images)
-    say(f"training {method} on {concept.concept!r} -> {concept.anchor!r}: {cfg.steps} steps")
+    samples = [None, None, None]
+    if main:
+        say(f"sampling {n} {side} image(s) for each of {len(prompts)} prompts with the base model")
+        samples[:2] = draw_samples(bundle, prompts, n, first_seed, params.sample, progress=not args.quiet)
+        if adversarial:  # the utility-retaining regulariser's images, also the user's base model's
+            say(f"sampling 1 image for each of {len(retain)} retain prompts with the base model")
+            samples[2] = draw_samples(bundle, retain, 1, first_seed, params.sample, progress=not args.quiet)[0]
+    if accelerator is not None:  # every process trains on the first one's images
+        from accelerate.utils import broadcast_object_list
+
+        broadcast_object_list(samples, from_process=0)
+    images, index, retain_images = samples
+    retain_set = (retain, retain_images) if adversarial else None
+    say(f"training {method} on {concept.concept!r} -> {concept.anchor!r}: {cfg.steps} steps"
+        + (f" on {shard.world} processes" if shard.world > 1 else ""))
     start = time.perf_counter()
     with attention_kernel(bundle.unet, attention):
         erased, history = run_method(bundle, method, pairs, {f"{side}_images": images, f"{side}_index": index},
-                                     cfg, retain=retain_set, progress=not args.quiet)
+                                     cfg, retain=retain_set, progress=main and not args.quiet, shard=shard)
     seconds = time.perf_counter() - start
+    if not main:
+        return 0
     config = {
         "method": method, "concept": concept.concept, "anchor": concept.anchor, "kind": concept.kind,
         "params": dataclasses.asdict(cfg), "base_model": str(model), "preset": preset,
         "params_file": str(params_path), "prompts": str(args.prompts_file or templates_path),
         "n_pairs": len(pairs.target_prompts), "samples_per_prompt": n, "sample_seed": first_seed,
         "sample": dataclasses.asdict(params.sample), "dtype": str(dtype).removeprefix("torch."),
-        "attention": attention, "command": "cdc erase",
+        "attention": attention, "command": "cdc erase", "processes": shard.world,
     }
     with atomic_path(out) as tmp:
         save_erased(erased, bundle, tmp, config)
@@ -210,6 +224,23 @@ def cmd_erase(args: argparse.Namespace) -> int:
         say(f"{method} erase took {seconds:.0f} s; wrote {out / WEIGHT_NAME} (load with "
             f"StableDiffusionPipeline.load_lora_weights({str(out)!r}) or `cdc generate --lora {out}`)")
     return 0
+
+
+def processes(device: str | None) -> tuple[Any, Any, Any]:
+    """(accelerator, shard, device): an `accelerate` Accelerator and this process's shard where the command runs
+    under `accelerate launch` with several processes (WORLD_SIZE > 1), else (None, the single shard, `device`)."""
+    import os
+
+    from cdc.methods.parallel import SINGLE, accelerate_shard
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None, SINGLE, device
+    import torch
+    from accelerate import Accelerator
+
+    on_cpu = torch.device(device).type == "cpu" if device is not None else not torch.cuda.is_available()
+    accelerator = Accelerator(cpu=on_cpu)  # without cpu=True, accelerate finds no GPU and runs one process
+    return accelerator, accelerate_shard(accelerator), accelerator.device
 
 
 def add_model_flags(p: Any) -> None:

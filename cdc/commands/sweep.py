@@ -1,8 +1,7 @@
 """`cdc sweep`: the concept x method grid of a params file as queued DVC experiments, one per (concept, method).
-
-Each experiment is the pipeline with `erase.concepts` and `erase.methods` narrowed to one pair (anchors, erase,
-evaluate, attack and report of that pair), so `dvc queue start -j N` runs N of them side by side, on one
-machine or, with one DVC worker per GPU, on several, and `dvc exp show` lists their metrics together.
+Each experiment runs the pipeline up to `evaluate` and `attack`, with `erase.concepts` and `erase.methods` narrowed
+to one pair (the ablate and transfer stages need other families), so `dvc queue start -j N` runs N of them side by
+side, on one machine or, with one DVC worker per GPU, on several, and `dvc exp show` lists their metrics together.
 """
 
 from __future__ import annotations
@@ -15,10 +14,11 @@ from typing import Any
 
 
 def queue_commands(concepts: list[str], methods: list[str], params_file: str = "params.yaml") -> list[list[str]]:
-    """One `dvc exp run --queue` command per (concept, method), named `<concept>-<method>`."""
+    """One `dvc exp run --queue` command per (concept, method), named `<concept>-<method>`, up to evaluate and
+    attack."""
     where = "" if params_file == "params.yaml" else f"{params_file}:"
     return [["dvc", "exp", "run", "--queue", "-n", f"{c}-{m}".replace("_", "-"),
-             "-S", f"{where}erase.concepts=[{c}]", "-S", f"{where}erase.methods=[{m}]"]
+             "-S", f"{where}erase.concepts=[{c}]", "-S", f"{where}erase.methods=[{m}]", "evaluate", "attack"]
             for c in concepts for m in methods]
 
 

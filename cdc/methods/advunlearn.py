@@ -45,6 +45,7 @@ from cdc.bundle import ModelBundle
 from cdc.methods.config import AdvUnlearnConfig, AttackMethod
 from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
 from cdc.methods.losses import mse, noisy_latents, unet_pred
+from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.text_encoder import frozen, trainable_copy
 from cdc.methods.train import (
@@ -107,22 +108,29 @@ def random_prefix(text: TextEncoder, candidates: Tensor, b: int, k: int, generat
 def soft_prompt_attack(models: Models, scheduler, x0: Tensor, adv_tokens: Tokens, context0: Tensor,
                        init: Tensor, steps: int, lr: float, method: AttackMethod,
                        generator: torch.Generator,
-                       on_step: Callable[[Tensor], None] | None = None) -> tuple[Tensor, list[float]]:
+                       on_step: Callable[[Tensor], None] | None = None,
+                       shard: Shard = SINGLE) -> tuple[Tensor, list[float]]:
     """Inner level: Adam on delta (B, k, D_tok) from `init` for `steps` steps, fresh noise and t per step,
     no projection (released pgd), or on the gradient's sign (fast_at); returns (delta, loss of each step)
     [attack_util.py:soft_prompt_attack]. x0 (B, C, h, w) are the batch's latents, context0 the original
-    encoder's contexts of the clean prompts; `on_step(delta)` sees delta after every step (for inspection)."""
+    encoder's contexts of the clean prompts; `on_step(delta)` sees delta after every step (for inspection).
+
+    Under data parallelism x0 is the whole batch (its noise is drawn for all B rows, as one process would) and
+    adv_tokens, context0 and init are this process's rows (`shard`); each row's delta is its own, so nothing is
+    averaged but the logged loss."""
     delta = init.detach().clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr)
     losses = []
     for _ in range(steps):
         x_t, _, t = noisy_latents(scheduler, x0, generator)  # released: fresh t_enc and partial-DDIM z'
-        loss = attack_loss(models, x_t, t, adv_tokens, delta, context0)
+        x_t, t = shard.rows(x_t, t)
+        # Divided by the processes, each row's gradient is the one the whole batch's mean loss gives it.
+        loss = attack_loss(models, x_t, t, adv_tokens, delta, context0) / shard.world
         (grad,) = torch.autograd.grad(loss, [delta])  # only delta: no .grad lands on the models
         delta.grad = grad.sign() if method == "fast_at" else grad
         opt.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
+        losses.append(float(shard.average([loss.detach() * shard.world])[0]))
         if on_step is not None:
             on_step(delta.detach())
     return delta.detach(), losses
@@ -159,17 +167,21 @@ def train_advunlearn(
     target_index: Sequence[int] | None = None,
     retain_index: Sequence[int] | None = None,
     progress: bool = True,
+    shard: Shard = SINGLE,
 ) -> tuple[TextEncoder | nn.Module, list[dict]]:
     """Erase the concept of `target_prompts` robustly; returns (trained text encoder or LoRA UNet, history).
 
     Args:
         target_latents, retain_latents: (N, C, h, w) base-model samples of those prompts, in UNet space.
         target_index, retain_index: prompt id of each latent (default: latent i <- prompt i % P).
+        shard: this process's rows of each batch under data parallelism (`cdc.methods.parallel`).
     The text encoder comes back as a new `TextEncoder` (use `dataclasses.replace(bundle, text=...)`);
     the UNet (unet mode) is the bundle's, with its LoRA, as in the other methods.
     """
     targets = check_prompts(target_prompts, "target_prompts")
     retains = check_prompts(retain_prompts, "retain_prompts")
+    shard.check_batch(cfg.batch_size)
+    shard.check_batch(cfg.retain_batch, "retain_batch")
     unet, sched, dev, dtype = bundle.unet, bundle.scheduler, bundle.unet.device, bundle.unet.dtype
     x_tgt = check_latents(target_latents, unet, "target_latents").to(device=dev, dtype=dtype)
     x_ret = check_latents(retain_latents, unet, "retain_latents").to(device=dev, dtype=dtype)
@@ -188,19 +200,21 @@ def train_advunlearn(
     start = time.perf_counter()
     for step in progress_bar(cfg.steps, progress, "AdvUnlearn"):
         pick = _draw(x_tgt.shape[0], cfg.batch_size, gen)
-        x0, pid = x_tgt[pick.to(dev)], idx_tgt[pick]
-        tokens, ctx0 = _take(tok_tgt, pid), ctx0_tgt[pid.to(dev)]  # (B, L), (B, L, D)
+        x0, pid = x_tgt[pick.to(dev)], idx_tgt[pick]  # the whole batch; this process trains on its rows
+        (rows,) = shard.rows(pid)
+        tokens, ctx0 = _take(tok_tgt, rows), ctx0_tgt[rows.to(dev)]  # (B', L), (B', L, D)
         att: list[float] = []
         if cfg.attack_steps > 0 and step > cfg.warmup_steps:
             adv = insert_prefix(models.text, tokens, candidates[: cfg.attack_k])  # prefix slots, filled by delta
-            init = random_prefix(models.text, candidates, x0.shape[0], cfg.attack_k, gen)
+            (init,) = shard.rows(random_prefix(models.text, candidates, x0.shape[0], cfg.attack_k, gen))
             delta, att = soft_prompt_attack(models, sched, x0, adv, ctx0, init, cfg.attack_steps, cfg.attack_lr,
-                                            cfg.attack_method, gen)
+                                            cfg.attack_method, gen, shard=shard)
             ctx = adversarial_context(models.text, adv, delta)  # delta is a constant for the upper level
         else:
             ctx = models.text._context(tokens)
         x_t, _, t = noisy_latents(sched, x0, gen)
-        b = x0.shape[0]
+        x_t, t = shard.rows(x_t, t)
+        b = x_t.shape[0]
         out = models.original(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond0.expand(b, -1, -1), ctx0]))
         e_u, e_c = out.chunk(2)
         loss_u = mse(models.current(x_t, t, ctx), e_u - cfg.negative_guidance * (e_c - e_u))
@@ -208,19 +222,21 @@ def train_advunlearn(
         if cfg.retain_weight > 0:
             rpick = _draw(x_ret.shape[0], cfg.retain_batch, gen)
             x_r, _, t_r = noisy_latents(sched, x_ret[rpick.to(dev)], gen)
-            rid = idx_ret[rpick]
+            x_r, t_r, rid = shard.rows(x_r, t_r, idx_ret[rpick])
             pred_r = models.current(x_r, t_r, models.text._context(_take(tok_ret, rid)))
             loss_r = mse(pred_r, models.original(x_r, t_r, ctx0_ret[rid.to(dev)]))
         loss = loss_u if loss_r is None else loss_u + cfg.retain_weight * loss_r
-        check_finite("AdvUnlearn", step, loss=float(loss.detach()))
-        grads, _ = clip_grads(grads_of(loss, params), cfg.max_grad_norm)
+        # The whole batch's losses, the same on every process: (loss, loss_u[, loss_r]).
+        logged = [float(v) for v in shard.average([v.detach() for v in (loss, loss_u, loss_r) if v is not None])]
+        check_finite("AdvUnlearn", step, loss=logged[0])
+        grads, _ = clip_grads(shard.average(grads_of(loss, params)), cfg.max_grad_norm)
         apply_step(opt, params, grads)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({
                 "step": step,
-                "loss": float(loss.detach()),
-                "loss_unlearn": float(loss_u.detach()),
-                "loss_retain": None if loss_r is None else float(loss_r.detach()),
+                "loss": logged[0],
+                "loss_unlearn": logged[1],
+                "loss_retain": None if loss_r is None else logged[2],
                 "attack_loss_start": att[0] if att else None,
                 "attack_loss_end": att[-1] if att else None,
                 "seconds": time.perf_counter() - start,

@@ -17,6 +17,7 @@ from cdc.bundle import ModelBundle
 from cdc.methods.config import CaConfig
 from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
+from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
     apply_step,
@@ -38,12 +39,15 @@ def train_ca(
     cfg: CaConfig,
     anchor_index: Sequence[int] | None = None,
     progress: bool = True,
+    shard: Shard = SINGLE,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Ablate the target concept towards the anchor; returns (UNet with LoRA, history rows).
 
-    Same data contract as `train_doco`: paired prompt lists and (N, C, h, w) anchor samples.
+    Same data contract as `train_doco`: paired prompt lists and (N, C, h, w) anchor samples; `shard`: this
+    process's rows of each batch under data parallelism (`cdc.methods.parallel`).
     """
     targets, anchors = check_pairs(target_prompts, anchor_prompts)
+    shard.check_batch(cfg.batch_size)
     unet, sched = bundle.unet, bundle.scheduler
     data, params, layers, opt, gen = start_lora_run(bundle, cfg, anchor_latents, anchor_index, targets, anchors)
     history: list[dict] = []
@@ -51,11 +55,13 @@ def train_ca(
     for step in progress_bar(cfg.steps, progress, "CA"):
         x0, ctx_t, ctx_a = data.batch(cfg.batch_size, gen)
         x_t, _, t = noisy_latents(sched, x0, gen)
+        x_t, t, ctx_t, ctx_a = shard.rows(x_t, t, ctx_t, ctx_a)  # this process's rows of the draw
         with torch.no_grad(), base_model(unet, layers):
             anchor_out = unet_pred(unet, x_t, t, ctx_a)  # (B, C, h, w), the ablation target
         if cfg.prior_weight > 0:
             xb, _, ctx_b = data.batch(cfg.batch_size, gen)
             xb_t, noise_b, t_b = noisy_latents(sched, xb, gen)
+            xb, xb_t, noise_b, t_b, ctx_b = shard.rows(xb, xb_t, noise_b, t_b, ctx_b)
             # One LoRA call over both halves: a single summed loss needs only one backward pass.
             out = unet_pred(unet, torch.cat([x_t, xb_t]), torch.cat([t, t_b]), torch.cat([ctx_t, ctx_b]))
             pred, pred_b = out.chunk(2)
@@ -64,16 +70,18 @@ def train_ca(
             pred, loss_prior = unet_pred(unet, x_t, t, ctx_t), torch.zeros(())
         loss_ablate = mse(pred, anchor_out)
         loss = loss_ablate + cfg.prior_weight * loss_prior
-        check_finite("CA", step, loss=float(loss.detach()))
-        grads, _ = clip_grads(grads_of(loss, params), cfg.max_grad_norm)
+        # The whole batch's losses, the same on every process: (loss, loss_ablate, loss_prior).
+        losses = [float(v) for v in shard.average([loss.detach(), loss_ablate.detach(), loss_prior.detach()])]
+        check_finite("CA", step, loss=losses[0])
+        grads, _ = clip_grads(shard.average(grads_of(loss, params)), cfg.max_grad_norm)
         apply_step(opt, params, grads)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append(
                 {
                     "step": step,
-                    "loss": float(loss.detach()),
-                    "loss_ablate": float(loss_ablate.detach()),
-                    "loss_prior": float(loss_prior.detach()),
+                    "loss": losses[0],
+                    "loss_ablate": losses[1],
+                    "loss_prior": losses[2],
                     "seconds": time.perf_counter() - start,
                 }
             )

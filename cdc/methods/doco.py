@@ -36,6 +36,7 @@ notebook that calls `doco_step` sees exactly what training does.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -51,6 +52,7 @@ from cdc.methods.discriminator import make_discriminator
 from cdc.methods.hooks import detach_first_token, route_grads
 from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, pred_eps, pred_x0, target_for, unet_pred
+from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import SurgeryStats, clip_grads, combine, tensor_cosines
 from cdc.methods.train import (
     PairedData,
@@ -103,6 +105,7 @@ class DocoState:
     d_params: list[nn.Parameter]
     d_optimizer: torch.optim.Optimizer  # D's Adam, betas (0.5, 0.999)
     to_d: Callable[..., Tensor]  # what D sees: pred_x0 (x̂0) or pred_eps, (B, C, h, w)
+    shard: Shard = SINGLE  # this process's rows of each batch under data parallelism
 
 
 @dataclass
@@ -177,6 +180,7 @@ def doco_run(
     anchor_latents: Tensor,
     cfg: DocoConfig,
     anchor_index: Sequence[int] | None = None,
+    shard: Shard = SINGLE,
 ) -> Iterator[DocoState]:
     """Set up a DoCo run on `bundle.unet` (a fresh seeded LoRA added in place) and yield its state;
     `doco_step(state, step)` for step = 1..cfg.steps inside the block is the whole training.
@@ -185,6 +189,7 @@ def doco_run(
     `train_doco`.
     """
     targets, anchors = check_pairs(target_prompts, anchor_prompts)
+    shard.check_batch(cfg.batch_size)
     unet = bundle.unet
     # contexts: (target, anchor)
     run = start_lora_run(bundle, cfg, anchor_latents, anchor_index, targets, anchors)
@@ -206,6 +211,7 @@ def doco_run(
         d_params=d_params,
         d_optimizer=torch.optim.Adam(d_params, lr=cfg.d_lr, betas=(0.5, 0.999)),
         to_d=pred_x0 if cfg.d_input == "x0" else pred_eps,
+        shard=shard,
     )
     with detach_first_token(unet) if cfg.detach_first_token else nullcontext():
         yield state
@@ -217,6 +223,7 @@ def doco_step(state: DocoState, step: int) -> StepReport:
     cfg, sched, gen = state.cfg, state.scheduler, state.generator
     x0, ctx_t, ctx_a = state.data.batch(cfg.batch_size, gen)  # (B, C, h, w), (B, L, D) x 2
     x_t, _, t = noisy_latents(sched, x0, gen)  # (B, C, h, w), _, (B,)
+    x_t, t, ctx_t, ctx_a = state.shard.rows(x_t, t, ctx_t, ctx_a)  # this process's rows of the draw
     trained = step > cfg.warmup_steps
     if trained:
         real, fake, d_adv, report = _lora_update(state, step, x_t, t, ctx_t, ctx_a)
@@ -254,15 +261,18 @@ def _lora_update(
     # B-sized backward passes would cost the same compute plus a second call's overhead).
     xb, _, ctx_b = state.data.batch(cfg.batch_size, state.generator)
     xb_t, noise_b, t_b = noisy_latents(sched, xb, state.generator)
+    xb, xb_t, noise_b, t_b, ctx_b = state.shard.rows(xb, xb_t, noise_b, t_b, ctx_b)
     with route_grads(unet, params, n_first=x_t.shape[0]) as shadows:
         out = unet_pred(unet, torch.cat([x_t, xb_t]), torch.cat([t, t_b]), torch.cat([ctx_t, ctx_b]))  # (2B, ...)
     fake_out, prior_out = out.chunk(2)
     fake = state.to_d(sched, fake_out, x_t, t)  # (B, C, h, w)
     loss_prior = mse(prior_out, target_for(sched, xb, noise_b, t_b))
     loss_adv = _bce(state.disc(fake), REAL)
-    check_finite("DoCo", step, loss_adv=float(loss_adv.detach()), loss_prior=float(loss_prior.detach()))
+    # The whole batch's losses, the same on every process.
+    adv_value, prior_value = (float(v) for v in state.shard.average([loss_adv.detach(), loss_prior.detach()]))
+    check_finite("DoCo", step, loss_adv=adv_value, loss_prior=prior_value)
     extra = state.d_params if cfg.d_gets_adv_grads else []
-    grads = grads_of(loss_adv + loss_prior, params + shadows + extra)
+    grads = state.shard.average(grads_of(loss_adv + loss_prior, params + shadows + extra))
     n = len(params)
     g_a, g_b, d_adv = grads[:n], grads[n : 2 * n], grads[2 * n :]
     g_a, norm_a = clip_grads(g_a, cfg.max_grad_norm)
@@ -270,8 +280,8 @@ def _lora_update(
     update, stats = combine(g_a, g_b, cfg.surgery, cfg.lam, cfg.prior_weight, cfg.per_tensor)
     apply_step(state.optimizer, params, update)
     report = dict(
-        loss_adv=float(loss_adv.detach()),
-        loss_prior=float(loss_prior.detach()),
+        loss_adv=adv_value,
+        loss_prior=prior_value,
         surgery=stats,
         g_a=[g.detach() for g in g_a],
         g_b=[g.detach() for g in g_b],
@@ -295,16 +305,22 @@ def _discriminator_update(
     state: DocoState, step: int, real: Tensor, fake: Tensor, d_adv: list[Tensor]
 ) -> tuple[float, Tensor, Tensor]:
     """One Adam step of D on L_D = BCE(D(real), 0) + BCE(D(fake.detach()), 1), on the fake from
-    before the LoRA update, as released. Returns (L_D, logits real, logits fake), logits (B, 1, p, p)."""
+    before the LoRA update, as released. Returns (L_D, logits real, logits fake), logits (B, 1, p, p).
+
+    Under data parallelism D's gradients are averaged like the LoRA's, but batch norm (`d_norm: batch`)
+    normalises over each process's own rows (no SyncBatchNorm), so only `instance` or `none` train the D
+    one process would."""
     state.d_optimizer.zero_grad(set_to_none=True)
     logit_real, logit_fake = state.disc(real.detach()), state.disc(fake.detach())
     loss_d = _bce(logit_real, REAL) + _bce(logit_fake, FAKE)
-    check_finite("DoCo", step, loss_d=float(loss_d.detach()))
+    (loss_value,) = (float(v) for v in state.shard.average([loss_d.detach()]))
+    check_finite("DoCo", step, loss_d=loss_value)
     loss_d.backward()
-    for p, g in zip(state.d_params, d_adv):  # quirk 1: released D also got dL_adv/dD
-        p.grad = p.grad + g
+    grads = state.shard.average([p.grad for p in state.d_params])
+    for p, g, adv in itertools.zip_longest(state.d_params, grads, d_adv):  # quirk 1: D also got dL_adv/dD
+        p.grad = g if adv is None else g + adv
     state.d_optimizer.step()
-    return float(loss_d.detach()), logit_real, logit_fake
+    return loss_value, logit_real, logit_fake
 
 
 def train_doco(
@@ -315,6 +331,7 @@ def train_doco(
     cfg: DocoConfig,
     anchor_index: Sequence[int] | None = None,
     progress: bool = True,
+    shard: Shard = SINGLE,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Erase a concept from `bundle.unet` with DoCo; returns (the UNet with its LoRA, history rows).
 
@@ -322,10 +339,11 @@ def train_doco(
         target_prompts / anchor_prompts: paired lists, target i = anchor i with the concept in it.
         anchor_latents: (N, C, h, w) base-model samples of the anchor prompts in UNet space.
         anchor_index: prompt id of each latent (default: latent i was drawn from prompt i % P).
+        shard: this process's rows of each batch under data parallelism (`cdc.methods.parallel`).
     The LoRA is added to `bundle.unet` in place (base weights untouched; `remove_lora` undoes it).
     """
     history: list[dict] = []
-    with doco_run(bundle, target_prompts, anchor_prompts, anchor_latents, cfg, anchor_index) as state:
+    with doco_run(bundle, target_prompts, anchor_prompts, anchor_latents, cfg, anchor_index, shard) as state:
         start = time.perf_counter()
         for step in progress_bar(cfg.steps, progress, "DoCo"):
             report = doco_step(state, step)

@@ -23,6 +23,7 @@ from cdc.bundle import ModelBundle
 from cdc.methods.config import EsdConfig
 from cdc.methods.lora import base_model
 from cdc.methods.losses import mse, noisy_latents, unet_pred
+from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
     apply_step,
@@ -44,14 +45,17 @@ def train_esd(
     cfg: EsdConfig,
     target_index: Sequence[int] | None = None,
     progress: bool = True,
+    shard: Shard = SINGLE,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Erase the concept of `target_prompts` with ESD; returns (UNet with LoRA, history rows).
 
     Args:
         target_latents: (N, C, h, w) base-model samples of the target prompts, in UNet space.
         target_index: prompt id of each latent (default: latent i <- prompt i % P).
+        shard: this process's rows of each batch under data parallelism (`cdc.methods.parallel`).
     """
     targets = check_prompts(target_prompts, "target_prompts")
+    shard.check_batch(cfg.batch_size)
     unet, sched = bundle.unet, bundle.scheduler
     data, params, layers, opt, gen = start_lora_run(
         bundle, cfg, target_latents, target_index, targets, latents_name="target_latents"
@@ -62,7 +66,8 @@ def train_esd(
     for step in progress_bar(cfg.steps, progress, "ESD"):
         x0, ctx_c = data.batch(cfg.batch_size, gen)
         x_t, _, t = noisy_latents(sched, x0, gen)
-        b = x0.shape[0]
+        x_t, t, ctx_c = shard.rows(x_t, t, ctx_c)  # (B / processes, ...): this process's rows of the draw
+        b = x_t.shape[0]
         with torch.no_grad(), base_model(unet, layers):  # one batched frozen call: (uncond, cond)
             out = unet_pred(
                 unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([uncond.expand(b, -1, -1), ctx_c])
@@ -70,9 +75,10 @@ def train_esd(
             e_u, e_c = out.chunk(2)
             target = e_u - cfg.negative_guidance * (e_c - e_u)
         loss = mse(unet_pred(unet, x_t, t, ctx_c), target)
-        check_finite("ESD", step, loss=float(loss.detach()))
-        grads, _ = clip_grads(grads_of(loss, params), cfg.max_grad_norm)
+        (batch_loss,) = shard.average([loss.detach()])  # the whole batch's loss, the same on every process
+        check_finite("ESD", step, loss=float(batch_loss))
+        grads, _ = clip_grads(shard.average(grads_of(loss, params)), cfg.max_grad_norm)
         apply_step(opt, params, grads)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            history.append({"step": step, "loss": float(loss.detach()), "seconds": time.perf_counter() - start})
+            history.append({"step": step, "loss": float(batch_loss), "seconds": time.perf_counter() - start})
     return unet, history

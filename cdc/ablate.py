@@ -1,0 +1,59 @@
+"""The ablate stage (and `benchmarks/erase_sweep.py`): erase with one config, then score the erased model
+exactly as the evaluate and attack stages score the erase table's rows."""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from cdc import evaluate as ev
+from cdc.anchors import Pairs
+from cdc.attack import AttackPlan, attack_row, flat_row
+from cdc.bundle import ModelBundle
+from cdc.erase import MethodConfig, run_method
+from cdc.judge import JudgeNet
+from cdc.methods.lora import remove_lora
+from cdc.params import AttackParams, EvaluateParams, SampleParams
+from cdc.world.data import World
+
+Scorer = Callable[[ModelBundle], dict]
+
+
+def scorer(judge: JudgeNet, world: World, pairs: Pairs, probe: list[str], retain: list[str], cfg: EvaluateParams,
+           sampler: SampleParams, attack: AttackParams | None = None, plan: AttackPlan | None = None) -> Scorer:
+    """model -> its erase-table columns (`cdc.evaluate.erasure_row`), plus the attack columns
+    (`cdc.attack.flat_row`) when an attack plan is given; every model is judged on the same prompts and seeds."""
+    if (attack is None) != (plan is None):
+        raise ValueError("give both the attack section and its plan, or neither")
+    evaluate_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
+                                     in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg,
+                                     sampler=sampler, progress=False)
+
+    def score(model: ModelBundle) -> dict:
+        row, _ = evaluate_row(model)
+        if plan is not None:
+            attacked, _ = attack_row(model, judge, world, plan, attack, sampler, progress=False)
+            row |= flat_row(attacked)
+        return row
+
+    return score
+
+
+def run_arm(bundle: ModelBundle, method: str, cfg: MethodConfig, pairs: Pairs, samples: dict[str, np.ndarray],
+            score: Scorer, *, retain: tuple[list[str], np.ndarray] | None = None,
+            progress: bool = True) -> tuple[dict, list[dict]]:
+    """Erase `bundle` with one method config, score the erased model, then take the erasure out of `bundle` again;
+    returns the row (the scores, erase seconds, the share of DoCo steps whose surgery fired) and the history."""
+    start = time.perf_counter()
+    try:
+        erased, history = run_method(bundle, method, pairs, samples, cfg, retain=retain, progress=progress)
+        seconds = time.perf_counter() - start
+        row = score(erased)
+    finally:
+        remove_lora(bundle.unet)  # a LoRA method trained inside bundle.unet; AdvUnlearn's encoder is a copy
+    fired = [h["surgery_fired"] for h in history if h.get("surgery_fired") is not None]
+    # No peak memory: the process peak grows over runs (the erase stage records one per fresh process).
+    return row | {"seconds": round(seconds, 1), "surgery_fired": float(np.mean(fired)) if fired else None}, history
