@@ -1,4 +1,4 @@
-"""Gather evaluated rows into the project's tables (CSV for DVC, LaTeX for the paper)."""
+"""Gather evaluated rows into the project's tables (CSV for DVC and the paper, markdown for the README)."""
 
 from __future__ import annotations
 
@@ -134,45 +134,9 @@ def targets_met(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-SHORT = {"in_set": "in", "out_of_set": "oos", "retain_neighbors": "nbr", "retain_all": "all"}
-
-
-def latex_table(table: pd.DataFrame) -> str:
-    """The erase table as a LaTeX tabular (booktabs), one block per concept; the last column names the
-    targets a row misses, starred where the miss lies within the rate's interval (sampling noise)."""
-    head = ("\\begin{tabular}{llrrrrrrrrl}\n\\toprule\nconcept & method & in-set $\\downarrow$"
-            " & out-of-set $\\downarrow$ & ASR prefix $\\downarrow$ & ASR inv. $\\downarrow$"
-            " & retain nbr. $\\uparrow$ & retain all $\\uparrow$ & FID $\\downarrow$ & s & missed \\\\\n\\midrule\n")
-    lines = []
-    for concept, block in table.groupby("concept", sort=False):
-        for _, r in block.iterrows():
-            secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
-            clear = r.missed_clearly.split()
-            missed = ", ".join(SHORT[m] + ("" if m in clear else "$^\\ast$") for m in r.missed.split())
-            asr = " & ".join(_asr(r, a, "--") for a in ATTACKS)
-            lines.append(f"{concept} & {r.method} & {r.in_set:.2f} & {r.out_of_set:.2f} & {asr}"
-                         f" & {r.retain_neighbors:.2f} & {r.retain_all:.2f} & {r.world_fid:.1f} & {secs}"
-                         f" & {missed} \\\\")
-        lines.append("\\midrule")
-    return head + "\n".join(lines[:-1]) + "\n\\bottomrule\n\\end{tabular}\n"
-
-
 def _asr(r: pd.Series, col: str, nothing: str = "nothing to attack") -> str:
     """An attack success rate, or what stands in for it where the base model never drew the family."""
     return nothing if bool(r[f"{col}_nothing"]) else f"{r[col]:.2f}"
-
-
-def world_table(metrics: dict) -> str:
-    """The world's numbers (judge, base model, pretraining) as a two-column LaTeX tabular."""
-    pair = "{:.3f} / {:.3f}".format
-    rows = [("concepts", f"{metrics['n_concepts']}"),
-            ("judge concept / style accuracy", pair(metrics["judge_concept_acc"], metrics["judge_style_acc"])),
-            ("base concept / style accuracy", pair(metrics["base_concept_acc"], metrics["base_style_acc"])),
-            ("world-FID of the base model", f"{metrics['world_fid']:.2f}"),
-            ("pretraining (min)", f"{metrics['pretrain_seconds'] / 60:.0f}")]
-    rows += [(f"out-of-set rate, {f}", f"{v:.2f}") for f, v in metrics["base_oos_rate"].items()]
-    body = "\n".join(f"{k} & {v} \\\\" for k, v in rows)
-    return "\\begin{tabular}{lr}\n\\toprule\n" + body + "\n\\bottomrule\n\\end{tabular}\n"
 
 
 MD_RATES = {"in_set": "in-set", "out_of_set": "out-of-set", "retain_neighbors": "neighbours",
