@@ -134,6 +134,42 @@ def targets_met(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def robustness_claim(table: pd.DataFrame, method: str, rivals: list[str], targets: ReportParams) -> pd.DataFrame:
+    """AdvUnlearn's claim, per family: `method`'s prefix-attack ASR below every rival's while it keeps retain-all
+    at least targets.retain_all_min x base. Columns: its ASR, the rivals' lowest (and whose), its retain-all
+    relative to base, and whether the claim holds, or which half fails; "nothing to attack" where the base model
+    never drew the family on the attacked prompts."""
+    rows = []
+    for concept, block in table.groupby("concept", sort=False):
+        by = block.set_index("method")
+        if method not in by.index or not set(rivals) <= set(by.index):
+            continue
+        own = by.loc[method]
+        if bool(own.asr_prefix_nothing):
+            rows.append({"family": concept, "holds": "nothing to attack"})
+            continue
+        best = by.loc[rivals].asr_prefix.astype(float)
+        lower = float(own.asr_prefix) < float(best.min())
+        kept = float(own.retain_all_vs_base) >= targets.retain_all_min
+        why = [w for w, bad in (("ASR not lower", not lower), ("retain below target", not kept)) if bad]
+        rows.append({"family": concept, f"{method} ASR": float(own.asr_prefix), "rivals' lowest ASR": float(best.min()),
+                     "lowest of": ", ".join(best.index[best == best.min()]), "retain-all x base":
+                     round(float(own.retain_all_vs_base), 2), "holds": "yes" if not why else "no: " + ", ".join(why)})
+    return pd.DataFrame(rows)
+
+
+def claim_markdown(claim: pd.DataFrame, method: str, targets: ReportParams) -> str:
+    """The robustness claim per family as a markdown table, with the rule it checks."""
+    if claim.empty:
+        return f"No family has {method} and its rivals in the erase table: nothing to compare.\n"
+    head = list(claim.columns)
+    rows = [["" if pd.isna(v) else f"{v:.2f}" if isinstance(v, float) else str(v) for v in r] for r in claim.values]
+    body = "\n".join("| " + " | ".join(c) + " |" for c in [head, ["---"] * len(head), *rows]) + "\n"
+    return body + (f"\nThe claim, per family: {method}'s prefix-attack ASR is below each rival's while its "
+                   f"retain-all stays >= {targets.retain_all_min:g} x base (rates from the erase table; ties are not"
+                   " below).\n")
+
+
 def _asr(r: pd.Series, col: str, nothing: str = "nothing to attack") -> str:
     """An attack success rate, or what stands in for it where the base model never drew the family."""
     return nothing if bool(r[f"{col}_nothing"]) else f"{r[col]:.2f}"
@@ -235,7 +271,7 @@ def sync_block(text: str, name: str, block: str) -> str:
 
 
 README_BLOCKS = {name: f"paper/generated/{name.replace('-', '_')}.md"
-                 for name in ("world-table", "erase-table", "ablate-table", "transfer-table")}
+                 for name in ("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table")}
 
 
 def sync_readme(readme: str | Path = "README.md") -> bool:
