@@ -117,11 +117,10 @@ def transfer_table(table: pd.DataFrame, transfer: TransferParams, transfer_path:
 
 def transfer_markdown(table: pd.DataFrame) -> str:
     """The transfer table (from `transfer_table`): each family and method on the first UNet, then the second."""
-    rows = [[r.concept, r.method, r.unet, *_cells(r)] for _, r in table.iterrows()]
     note = ("\nFirst: the erase table's rows. Second: the same text encoders, trained against the first UNet only, in"
-            " front of a second world UNet (10_transfer: another seed and width), judged and attacked the same way;"
-            " its base row is its own. Seconds are the erase's, so the second UNet's rows have none.\n")
-    return _md_rows(["family", "method", "UNet", *MD_HEAD], rows) + note
+            " front of a second world UNet (10_transfer: params.yaml `transfer.pretrain`), judged and attacked the"
+            " same way; its base row is its own. Seconds are the erase's, so the second UNet's rows have none.\n")
+    return _keyed_markdown(table, "unet", "UNet", note)
 
 
 def targets_met(table: pd.DataFrame) -> pd.DataFrame:
@@ -232,13 +231,18 @@ def markdown_table(table: pd.DataFrame, targets: ReportParams) -> str:
     return body + note
 
 
+def _keyed_markdown(table: pd.DataFrame, key: str, key_head: str, note: str) -> str:
+    """Rows of family, method and one more key column, then the measured cells, and a footnote."""
+    rows = [[r.concept, r.method, r[key], *_cells(r)] for _, r in table.iterrows()]
+    return _md_rows(["family", "method", key_head, *MD_HEAD], rows) + note
+
+
 def ablate_markdown(table: pd.DataFrame) -> str:
     """The ablation table (from `ablate_table`): per family and method, the reference row, then each arm."""
-    rows = [[r.concept, r.method, r.label, *_cells(r)] for _, r in table.iterrows()]
     note = ("\nEach arm is its method's erase-table row with the knobs of params.yaml `ablate.arms` changed, trained on"
             " the same anchors and judged on the same prompts and seeds (09_ablate); the first row of each block is"
             " the erase table's own. Intervals, targets and ASR as in the erase table.\n")
-    return _md_rows(["family", "method", "arm", *MD_HEAD], rows) + note
+    return _keyed_markdown(table, "label", "arm", note)
 
 
 def world_markdown(metrics: dict) -> str:
