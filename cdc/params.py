@@ -388,6 +388,18 @@ class ReportParams(Checked):
 
 
 @dataclass(frozen=True)
+class PaperParams(Checked):
+    """The paper built from the report's files (paper/main.typ, compiled with Typst)."""
+
+    grids: list[str]  # families of erase.concepts whose before/after grid the paper shows, in that order
+
+    def __post_init__(self) -> None:
+        """Distinct families."""
+        super().__post_init__()
+        check_names("grids", self.grids)
+
+
+@dataclass(frozen=True)
 class Params:
     """All of params.yaml; each field is one section."""
 
@@ -403,14 +415,18 @@ class Params:
     ablate: AblateParams
     transfer: TransferParams
     report: ReportParams
+    paper: PaperParams
 
     def __post_init__(self) -> None:
         """Cross-section rules: every ablation arm's overrides are knobs of its method, and the second UNet of
-        the transfer stage is another recipe whose methods train the text encoder. (Which families the ablate
+        the transfer stage is another recipe whose methods train the text encoder; the paper shows grids of erased
+        families only. (Which families the ablate
         and transfer stages use is not tied to erase.concepts, which sweeps narrow; their stages need those
         families' anchors and the report needs their erase rows, and both say so.)"""
         for name, arm in self.ablate.arms.items():
             arm_config(self.erase, arm, f"ablate.arms.{name}")
+        if unknown := [f for f in self.paper.grids if f not in self.erase.concepts]:
+            raise ParamsError(f"'paper.grids': {unknown[0]!r} is not in erase.concepts, so it has no grid")
         transfer = self.transfer
         if not transfer.pretrain.strip():
             raise ParamsError("'transfer.pretrain' is empty: the second UNet must differ from the first")

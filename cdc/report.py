@@ -1,4 +1,4 @@
-"""Gather evaluated rows into the project's tables (CSV for DVC, LaTeX for the paper)."""
+"""Gather evaluated rows into the project's tables (CSV for DVC and the paper, markdown for the README)."""
 
 from __future__ import annotations
 
@@ -117,11 +117,10 @@ def transfer_table(table: pd.DataFrame, transfer: TransferParams, transfer_path:
 
 def transfer_markdown(table: pd.DataFrame) -> str:
     """The transfer table (from `transfer_table`): each family and method on the first UNet, then the second."""
-    rows = [[r.concept, r.method, r.unet, *_cells(r)] for _, r in table.iterrows()]
     note = ("\nFirst: the erase table's rows. Second: the same text encoders, trained against the first UNet only, in"
-            " front of a second world UNet (10_transfer: another seed and width), judged and attacked the same way;"
-            " its base row is its own. Seconds are the erase's, so the second UNet's rows have none.\n")
-    return _md_rows(["family", "method", "UNet", *MD_HEAD], rows) + note
+            " front of a second world UNet (10_transfer: params.yaml `transfer.pretrain`), judged and attacked the"
+            " same way; its base row is its own. Seconds are the erase's, so the second UNet's rows have none.\n")
+    return _keyed_markdown(table, "unet", "UNet", note)
 
 
 def targets_met(table: pd.DataFrame) -> pd.DataFrame:
@@ -134,45 +133,45 @@ def targets_met(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
-SHORT = {"in_set": "in", "out_of_set": "oos", "retain_neighbors": "nbr", "retain_all": "all"}
-
-
-def latex_table(table: pd.DataFrame) -> str:
-    """The erase table as a LaTeX tabular (booktabs), one block per concept; the last column names the
-    targets a row misses, starred where the miss lies within the rate's interval (sampling noise)."""
-    head = ("\\begin{tabular}{llrrrrrrrrl}\n\\toprule\nconcept & method & in-set $\\downarrow$"
-            " & out-of-set $\\downarrow$ & ASR prefix $\\downarrow$ & ASR inv. $\\downarrow$"
-            " & retain nbr. $\\uparrow$ & retain all $\\uparrow$ & FID $\\downarrow$ & s & missed \\\\\n\\midrule\n")
-    lines = []
+def robustness_claim(table: pd.DataFrame, method: str, rivals: list[str], targets: ReportParams) -> pd.DataFrame:
+    """AdvUnlearn's claim, per family: `method`'s prefix-attack ASR below every rival's while it keeps retain-all
+    at least targets.retain_all_min x base. Columns: its ASR, the rivals' lowest (and whose), its retain-all
+    relative to base, and whether the claim holds, or which half fails; "nothing to attack" where the base model
+    never drew the family on the attacked prompts."""
+    rows = []
     for concept, block in table.groupby("concept", sort=False):
-        for _, r in block.iterrows():
-            secs = "" if pd.isna(r.seconds) else f"{r.seconds:.0f}"
-            clear = r.missed_clearly.split()
-            missed = ", ".join(SHORT[m] + ("" if m in clear else "$^\\ast$") for m in r.missed.split())
-            asr = " & ".join(_asr(r, a, "--") for a in ATTACKS)
-            lines.append(f"{concept} & {r.method} & {r.in_set:.2f} & {r.out_of_set:.2f} & {asr}"
-                         f" & {r.retain_neighbors:.2f} & {r.retain_all:.2f} & {r.world_fid:.1f} & {secs}"
-                         f" & {missed} \\\\")
-        lines.append("\\midrule")
-    return head + "\n".join(lines[:-1]) + "\n\\bottomrule\n\\end{tabular}\n"
+        by = block.set_index("method")
+        if method not in by.index or not set(rivals) <= set(by.index):
+            continue
+        own = by.loc[method]
+        if bool(own.asr_prefix_nothing):
+            rows.append({"family": concept, "holds": "nothing to attack"})
+            continue
+        best = by.loc[rivals].asr_prefix.astype(float)
+        lower = float(own.asr_prefix) < float(best.min())
+        kept = float(own.retain_all_vs_base) >= targets.retain_all_min
+        why = [w for w, bad in (("ASR not lower", not lower), ("retain below target", not kept)) if bad]
+        rows.append({"family": concept, f"{method} ASR": float(own.asr_prefix), "rivals' lowest ASR": float(best.min()),
+                     "lowest of": ", ".join(best.index[best == best.min()]), "retain-all x base":
+                     round(float(own.retain_all_vs_base), 2), "holds": "yes" if not why else "no: " + ", ".join(why)})
+    return pd.DataFrame(rows)
+
+
+def claim_markdown(claim: pd.DataFrame, method: str, targets: ReportParams) -> str:
+    """The robustness claim per family as a markdown table, with the rule it checks."""
+    if claim.empty:
+        return f"No family has {method} and its rivals in the erase table: nothing to compare.\n"
+    head = list(claim.columns)
+    rows = [["" if pd.isna(v) else f"{v:.2f}" if isinstance(v, float) else str(v) for v in r] for r in claim.values]
+    body = "\n".join("| " + " | ".join(c) + " |" for c in [head, ["---"] * len(head), *rows]) + "\n"
+    return body + (f"\nThe claim, per family: {method}'s prefix-attack ASR is below each rival's while its "
+                   f"retain-all stays >= {targets.retain_all_min:g} x base (rates from the erase table; ties are not"
+                   " below).\n")
 
 
 def _asr(r: pd.Series, col: str, nothing: str = "nothing to attack") -> str:
     """An attack success rate, or what stands in for it where the base model never drew the family."""
     return nothing if bool(r[f"{col}_nothing"]) else f"{r[col]:.2f}"
-
-
-def world_table(metrics: dict) -> str:
-    """The world's numbers (judge, base model, pretraining) as a two-column LaTeX tabular."""
-    pair = "{:.3f} / {:.3f}".format
-    rows = [("concepts", f"{metrics['n_concepts']}"),
-            ("judge concept / style accuracy", pair(metrics["judge_concept_acc"], metrics["judge_style_acc"])),
-            ("base concept / style accuracy", pair(metrics["base_concept_acc"], metrics["base_style_acc"])),
-            ("world-FID of the base model", f"{metrics['world_fid']:.2f}"),
-            ("pretraining (min)", f"{metrics['pretrain_seconds'] / 60:.0f}")]
-    rows += [(f"out-of-set rate, {f}", f"{v:.2f}") for f, v in metrics["base_oos_rate"].items()]
-    body = "\n".join(f"{k} & {v} \\\\" for k, v in rows)
-    return "\\begin{tabular}{lr}\n\\toprule\n" + body + "\n\\bottomrule\n\\end{tabular}\n"
 
 
 MD_RATES = {"in_set": "in-set", "out_of_set": "out-of-set", "retain_neighbors": "neighbours",
@@ -232,13 +231,18 @@ def markdown_table(table: pd.DataFrame, targets: ReportParams) -> str:
     return body + note
 
 
+def _keyed_markdown(table: pd.DataFrame, key: str, key_head: str, note: str) -> str:
+    """Rows of family, method and one more key column, then the measured cells, and a footnote."""
+    rows = [[r.concept, r.method, r[key], *_cells(r)] for _, r in table.iterrows()]
+    return _md_rows(["family", "method", key_head, *MD_HEAD], rows) + note
+
+
 def ablate_markdown(table: pd.DataFrame) -> str:
     """The ablation table (from `ablate_table`): per family and method, the reference row, then each arm."""
-    rows = [[r.concept, r.method, r.label, *_cells(r)] for _, r in table.iterrows()]
     note = ("\nEach arm is its method's erase-table row with the knobs of params.yaml `ablate.arms` changed, trained on"
             " the same anchors and judged on the same prompts and seeds (09_ablate); the first row of each block is"
             " the erase table's own. Intervals, targets and ASR as in the erase table.\n")
-    return _md_rows(["family", "method", "arm", *MD_HEAD], rows) + note
+    return _keyed_markdown(table, "label", "arm", note)
 
 
 def world_markdown(metrics: dict) -> str:
@@ -271,7 +275,7 @@ def sync_block(text: str, name: str, block: str) -> str:
 
 
 README_BLOCKS = {name: f"paper/generated/{name.replace('-', '_')}.md"
-                 for name in ("world-table", "erase-table", "ablate-table", "transfer-table")}
+                 for name in ("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table")}
 
 
 def sync_readme(readme: str | Path = "README.md") -> bool:

@@ -19,7 +19,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-KEPT = ("advunlearn_speed", "erase_speed", "erase_sweep", "pretrain_speed", "sample_speed", "sd_speed", "sweep_summary")
+KEPT = ("advunlearn_speed", "erase_speed", "erase_sweep", "pretrain_speed", "sample_speed", "sd_speed", "stage_times",
+        "sweep_summary")
 
 
 def load_script(name: str) -> ModuleType:
@@ -178,6 +179,26 @@ def test_advunlearn_speed_times_full_fast_and_the_inner_attack(erase_speed, smok
     assert "fast AT is" in out and "inner attack alone" in out and "projected erase time" in out
     with pytest.raises(SystemExit):
         load_script("advunlearn_speed").main(["--model", str(tmp_path / "nowhere")])
+
+
+def test_stage_times_sums_each_stage_from_the_executed_notebooks(tmp_path, capsys):
+    import nbformat
+
+    def executed(name: str, start: str, seconds: float) -> None:
+        nb = nbformat.v4.new_notebook()
+        nb.metadata["papermill"] = {"start_time": start, "duration": seconds}
+        nbformat.write(nb, tmp_path / name)
+
+    executed("06_erase_church_doco.ipynb", "2026-11-29T10:00:00+00:00", 90.0)
+    executed("06_erase_fish_advunlearn_fast.ipynb", "2026-11-29T10:02:00+00:00", 30.0)
+    executed("07_evaluate_church.ipynb", "2026-11-28T09:00:00+00:00", 600.0)
+    (tmp_path / "notes.ipynb").write_text("{}")  # not a stage's notebook: ignored
+    table = load_script("stage_times").main(["--executed", str(tmp_path)])
+    assert [(r["stage"], r["runs"], r["total_min"], r["longest_min"]) for r in table] == [
+        ("06_erase", 2, 2.0, 1.5), ("07_evaluate", 1, 10.0, 10.0)]
+    assert "all" in capsys.readouterr().out
+    since = load_script("stage_times").main(["--executed", str(tmp_path), "--since", "2026-11-29T00:00:00+00:00"])
+    assert [r["stage"] for r in since] == ["06_erase"]
 
 
 def sweep_rows() -> list[dict]:

@@ -257,3 +257,14 @@ def test_ablation_arm_names_are_slugs(tmp_path):
 def test_transfer_section_is_checked_against_erase_and_pretrain(tmp_path, key, value, message):
     with pytest.raises(ParamsError, match=message):
         load_params(write(tmp_path, changed(committed(), key, value)))
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [(["church", "tench"], r"'paper\.grids': 'tench' is not in erase\.concepts"),
+     (["church", "church"], "lists church more than once"),
+     ([], "grids is empty")],
+)
+def test_paper_grids_are_erased_families(tmp_path, value, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, changed(committed(), "paper.grids", value)))

@@ -16,7 +16,7 @@ from cdc.io import save_json
 from cdc.methods.lora import remove_lora
 from cdc.params import ReportParams, read_yaml
 from cdc.pretrain import augment_context, caption_pool, lr_at, train_world_model
-from cdc.report import erase_table, latex_table, targets_met
+from cdc.report import erase_table, targets_met
 from cdc.world.build import build_world
 from cdc.world.captions import STYLE_SUFFIXES
 
@@ -236,8 +236,6 @@ def test_report_table(tmp_path):
     assert table.loc["esd", "missed"] == "" and table.loc["base", "missed"] == ""
     met = targets_met(table.reset_index())
     assert met.loc["esd", "met"] == "1/1" and met.loc["doco", "meets"] == "" and met.loc["doco", "met"] == "0/1"
-    tex = latex_table(table.reset_index())
-    assert "church & doco & 0.00" in tex and "nbr, all$^\\ast$" in tex
     with pytest.raises(ValueError, match="missing rows"):
         erase_table(["church"], ["doco", "ca"], tmp_path / "eval", tmp_path / "erase", TARGETS, attacks)
     with pytest.raises(FileNotFoundError, match="dvc repro evaluate"):

@@ -11,8 +11,10 @@ from cdc.report import (
     README_BLOCKS,
     ablate_markdown,
     ablate_table,
+    claim_markdown,
     erase_table,
     markdown_table,
+    robustness_claim,
     sync_block,
     sync_readme,
     transfer_markdown,
@@ -189,3 +191,17 @@ def test_transfer_table_pairs_each_row_with_the_second_unet(table, tmp_path):
     assert both.retain_all_vs_base.tolist() == [1.0, 1.0, 0.9375, 1.0]  # each UNet against its own base row
     rows = rows_of(transfer_markdown(both))
     assert [r[2] for r in rows] == ["first", "second", "first", "second"] and rows[3][3].startswith("0.10 (")
+
+
+def test_robustness_claim_names_the_half_that_fails(table):
+    # church: doco's ASR 0.7, esd's 0.1; fish: the base model never drew fish on the attacked prompts.
+    claim = robustness_claim(table, "esd", ["doco"], TARGETS)
+    assert claim.family.tolist() == ["church", "fish"]
+    church = claim.iloc[0]
+    assert church["esd ASR"] == 0.1 and church["rivals' lowest ASR"] == 0.7 and church["lowest of"] == "doco"
+    assert church.holds == "yes" and claim.iloc[1].holds == "nothing to attack"
+    doco = robustness_claim(table, "doco", ["esd"], TARGETS).iloc[0]
+    assert doco.holds == "no: ASR not lower, retain below target"  # 0.7 vs 0.1; retain-all 0.9375 x base
+    md = claim_markdown(claim, "esd", TARGETS)
+    assert "| church | 0.10 | 0.70 | doco | 1.00 | yes |" in md and ">= 0.95 x base" in md
+    assert "nothing to compare" in claim_markdown(robustness_claim(table, "esd", ["ca"], TARGETS), "esd", TARGETS)

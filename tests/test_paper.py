@@ -1,0 +1,103 @@
+"""The paper stage: every file the paper reads is checked first, and paper/main.typ compiles on tiny inputs."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from ruamel.yaml import YAML
+
+from cdc.io import save_image
+from cdc.paper import build_paper, check_inputs, paper_inputs
+from cdc.params import read_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+RATES = ["in_set", "out_of_set", "retain_neighbors", "retain_all"]
+ASRS = ["asr_prefix", "asr_inversion"]
+
+
+def row(concept: str, method: str, rate: float, nothing: object = False, **extra) -> dict:
+    """One row with the columns of data/metrics/erase.csv (rates, intervals, counts, ASR, misses)."""
+    out = {"concept": concept, "method": method, "world_fid": 4.2, "seconds": None if method == "base" else 80.0,
+           "missed": "" if method == "base" else "retain_all", "missed_clearly": ""}
+    for col in RATES:
+        out |= {col: rate, f"{col}_lo": rate / 2, f"{col}_hi": min(1.0, rate + 0.1), f"{col}_n": 40}
+    for col in ASRS:
+        out |= {col: rate, f"{col}_lo": rate / 2, f"{col}_hi": min(1.0, rate + 0.2), f"{col}_n": 10,
+                f"{col}_nothing": nothing}
+    return out | extra
+
+
+@pytest.fixture
+def generated(tmp_path) -> dict:
+    """A tiny set of every file the paper reads, as the report and base stages write them."""
+    metrics, gen = tmp_path / "metrics", tmp_path / "generated"
+    metrics.mkdir(), gen.mkdir()
+    erase = [row("church", m, r) for m, r in (("base", 1.0), ("doco", 0.0), ("advunlearn", 0.1))]
+    pd.DataFrame(erase).to_csv(metrics / "erase.csv", index=False, float_format="%.4f")
+    arms = [row("church", "advunlearn", 0.1, arm="", label="as in params.yaml"),
+            row("church", "advunlearn", 0.3, nothing=None, arm="steps0", label="0 inner steps")]
+    pd.DataFrame(arms).to_csv(gen / "ablate_table.csv", index=False, float_format="%.4f")
+    pairs = [row("church", m, r, unet=u) for m, r in (("base", 1.0), ("advunlearn", 0.1)) for u in ("first", "second")]
+    pd.DataFrame(pairs).to_csv(gen / "transfer_table.csv", index=False, float_format="%.4f")
+    world = {"n_concepts": 12, "judge_concept_acc": 0.99, "judge_style_acc": 1.0, "base_concept_acc": 0.9,
+             "base_style_acc": 0.95, "base_oos_rate": {"church": 0.8}, "world_fid": 1.5, "pretrain_seconds": 60.0,
+             "pretrain_hardware": "a CPU, 2 cores"}
+    (metrics / "world.json").write_text(json.dumps(world))
+    image = np.full((8, 16, 3), 200, dtype=np.uint8)
+    for name in ("asr_retention.png", "ablate.png", "erase_grid_church.png"):
+        save_image(image, gen / name)
+    params = read_yaml(REPO / "params.yaml") | {"paper": {"grids": ["church"]}}
+    with (tmp_path / "params.yaml").open("w") as f:
+        YAML(typ="safe", pure=True).dump(params, f)
+    # The document and its bibliography copied, so the test compiles exactly what a reader would.
+    for name in ("main.typ", "refs.bib"):
+        shutil.copyfile(REPO / "paper" / name, tmp_path / name)
+    return {"source": tmp_path / "main.typ", "bibliography": tmp_path / "refs.bib", "erase_csv": metrics / "erase.csv",
+            "world_json": metrics / "world.json", "generated_dir": gen, "params_path": tmp_path / "params.yaml",
+            "grids": ["church"], "pdf": tmp_path / "out" / "main.pdf"}
+
+
+def test_missing_inputs_are_all_named_with_the_command_that_makes_them(tmp_path):
+    inputs = paper_inputs(tmp_path / "erase.csv", tmp_path / "world.json", tmp_path / "gen", tmp_path / "p.yaml",
+                          ["church", "fish"])
+    (tmp_path / "world.json").write_text("{}")
+    with pytest.raises(FileNotFoundError) as info:
+        check_inputs(inputs)
+    message = str(info.value)
+    for name in ("erase.csv", "ablate_table.csv", "transfer_table.csv", "asr_retention.png", "ablate.png"):
+        assert name in message
+    assert "erase_grid_fish.png  (made by `dvc repro evaluate@fish`)" in message
+    assert "world.json" not in message and "`dvc repro report`" in message
+
+
+def test_paper_compiles_to_a_pdf(generated):
+    pdf = build_paper(**generated)
+    data = pdf.read_bytes()
+    assert data.startswith(b"%PDF") and not list(pdf.parent.glob(".*tmp*"))
+    assert build_paper(**generated).read_bytes() == data  # no timestamp: the same inputs, the same bytes
+
+
+def test_missing_input_stops_the_build_before_compiling(generated):
+    (generated["generated_dir"] / "transfer_table.csv").unlink()
+    with pytest.raises(FileNotFoundError, match=r"transfer_table\.csv.*dvc repro report"):
+        build_paper(**generated)
+    assert not generated["pdf"].exists()
+
+
+def test_bad_input_is_a_clear_error_and_leaves_no_pdf(generated):
+    (generated["generated_dir"] / "ablate_table.csv").write_text("concept,method\nchurch,doco\n")
+    with pytest.raises(ValueError, match=r"Typst could not compile the paper:\n.*error"):
+        build_paper(**generated)
+    assert not generated["pdf"].exists() and not list(generated["pdf"].parent.glob("*"))
+
+
+def test_paper_stage_depends_on_exactly_the_grids_it_shows():
+    """dvc.yaml cannot loop over params in one stage's deps, so the grids are listed by hand: they must be
+    params.yaml's paper.grids."""
+    stage = read_yaml(REPO / "dvc.yaml")["stages"]["paper"]
+    deps = {d for d in stage["deps"] if isinstance(d, str) and "erase_grid_" in d}
+    want = {f"paper/generated/erase_grid_{f}.png" for f in read_yaml(REPO / "params.yaml")["paper"]["grids"]}
+    assert deps == want
