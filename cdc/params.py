@@ -347,7 +347,7 @@ class ArmParams(Checked):
 class AblateParams(Checked):
     """Ablations: each arm erased, evaluated (and attacked) like the erase table's rows, on a few families."""
 
-    concepts: list[str]  # families of erase.concepts (their anchors are reused)
+    concepts: list[str]  # world families whose erase-stage anchors (and erase rows) the arms reuse
     arms: dict[str, ArmParams]  # arm name (a slug: DVC stage ablate@<concept>-<arm>) -> arm
 
     def __post_init__(self) -> None:
@@ -366,8 +366,8 @@ class TransferParams(Checked):
     """Plug-and-play: text encoders erased against the world UNet, used unchanged with a second UNet."""
 
     pretrain: str  # the second UNet's recipe: the pretrain section with these key=value overrides
-    concepts: list[str]  # families of erase.concepts whose erased encoders are carried over
-    methods: list[Method]  # methods of erase.methods that train the text encoder
+    concepts: list[str]  # world families whose erased encoders are carried over
+    methods: list[Method]  # methods that train the text encoder
 
     def __post_init__(self) -> None:
         """Distinct families and methods."""
@@ -420,9 +420,9 @@ class Params:
     def __post_init__(self) -> None:
         """Cross-section rules: every ablation arm's overrides are knobs of its method, and the second UNet of
         the transfer stage is another recipe whose methods train the text encoder; the paper shows grids of erased
-        families only. (Which families the ablate
-        and transfer stages use is not tied to erase.concepts, which sweeps narrow; their stages need those
-        families' anchors and the report needs their erase rows, and both say so.)"""
+        families only (`cdc sweep` narrows paper.grids with erase.concepts). Which families the ablate and
+        transfer stages use is not tied to erase.concepts: their stages need those families' anchors and the
+        report needs their erase rows, and both say so."""
         for name, arm in self.ablate.arms.items():
             arm_config(self.erase, arm, f"ablate.arms.{name}")
         if unknown := [f for f in self.paper.grids if f not in self.erase.concepts]:

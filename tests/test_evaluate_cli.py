@@ -156,7 +156,7 @@ def test_sweep_queues_one_dvc_experiment_per_pair(tmp_path, capsys):
                      "advunlearn_fast", "--dry-run"]) == 0
         printed = capsys.readouterr().out.splitlines()
         assert printed[0] == ("dvc exp run --queue -n church-doco -S erase.concepts=[church] -S erase.methods=[doco] "
-                              "evaluate attack")
+                              "-S paper.grids=[church] evaluate attack")
         assert len(printed) == 4
         assert main(["sweep", "--concept", "church", "--method", "doco", "--method", "esd", "--quiet"]) == 0
         status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=True).stdout

@@ -18,7 +18,8 @@ def queue_commands(concepts: list[str], methods: list[str], params_file: str = "
     attack."""
     where = "" if params_file == "params.yaml" else f"{params_file}:"
     return [["dvc", "exp", "run", "--queue", "-n", f"{c}-{m}".replace("_", "-"),
-             "-S", f"{where}erase.concepts=[{c}]", "-S", f"{where}erase.methods=[{m}]", "evaluate", "attack"]
+             "-S", f"{where}erase.concepts=[{c}]", "-S", f"{where}erase.methods=[{m}]",
+             "-S", f"{where}paper.grids=[{c}]", "evaluate", "attack"]  # the paper shows only erased families
             for c in concepts for m in methods]
 
 
