@@ -23,14 +23,16 @@ Scorer = Callable[[ModelBundle], dict]
 
 
 def scorer(judge: JudgeNet, world: World, pairs: Pairs, probe: list[str], retain: list[str], cfg: EvaluateParams,
-           sampler: SampleParams, attack: AttackParams | None = None, plan: AttackPlan | None = None) -> Scorer:
-    """model -> its erase-table columns (`cdc.evaluate.erasure_row`), plus the attack columns
-    (`cdc.attack.flat_row`) when an attack plan is given; every model is judged on the same prompts and seeds."""
+           sampler: SampleParams, attack: AttackParams | None = None, plan: AttackPlan | None = None, *,
+           fid: bool = True) -> Scorer:
+    """model -> its erase-table columns (`cdc.evaluate.erasure_row`; world-FID unless `fid` is False), plus the
+    attack columns (`cdc.attack.flat_row`) when an attack plan is given; every model is judged on the same prompts
+    and seeds."""
     if (attack is None) != (plan is None):
         raise ValueError("give both the attack section and its plan, or neither")
     evaluate_row = functools.partial(ev.erasure_row, judge=judge, world=world, family=pairs.family,
                                      in_set=pairs.target_prompts, probe=probe, retain=retain, cfg=cfg,
-                                     sampler=sampler, progress=False)
+                                     sampler=sampler, progress=False, fid=fid)
 
     def score(model: ModelBundle) -> dict:
         row, _ = evaluate_row(model)

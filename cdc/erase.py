@@ -24,6 +24,7 @@ from cdc.methods.esd import train_esd
 from cdc.methods.lora import base_model, remove_lora, tuner_layers
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.text_encoder import load_text_encoder, save_text_encoder
+from cdc.methods.train import StepHook
 from cdc.params import METHODS
 from cdc.world.captions import canonical_prompt
 from cdc.world.data import World
@@ -53,6 +54,7 @@ def retain_set(world: World, family: str, exclude: Sequence[str]) -> tuple[list[
 def run_method(
     bundle: ModelBundle, method: str, pairs: Pairs, samples: dict[str, np.ndarray], cfg: MethodConfig, *,
     retain: tuple[list[str], np.ndarray] | None = None, progress: bool = True, shard: Shard = SINGLE,
+    on_step: StepHook | None = None,
 ) -> tuple[ModelBundle, list[dict]]:
     """Train one method on the family's pairs and the base model's samples (from the anchors stage); returns
     the erased model and the training history.
@@ -61,6 +63,7 @@ def run_method(
     for the target prompts (ESD and AdvUnlearn learn from the base model's own images of the concept).
     retain: AdvUnlearn's regulariser data, prompts and images (`retain_set`).
     shard: this process's rows of each batch when several processes train together (`accelerate launch`).
+    on_step: called after each step with (step, the trained tensors), e.g. to snapshot them (`cdc.tradeoff`).
     The LoRA methods put their LoRA into `bundle.unet` and return `bundle`; AdvUnlearn on the text encoder
     returns a copy of `bundle` with the trained encoder and leaves `bundle` as it was.
     """
@@ -74,20 +77,23 @@ def run_method(
             raise ValueError(f"{method} needs its retain set (retain=retain_set(...))")
         module, history = train_advunlearn(
             bundle, pairs.target_prompts, to_latents(samples["target_images"]), retain[0], to_latents(retain[1]),
-            cfg, target_index=samples["target_index"].tolist(), progress=progress, shard=shard)
+            cfg, target_index=samples["target_index"].tolist(), progress=progress, shard=shard, on_step=on_step)
         if module is bundle.unet:
             return bundle, history
         return dataclasses.replace(bundle, text=module), history
     if method == "doco":
         _, history = train_doco(bundle, pairs.target_prompts, pairs.anchor_prompts,
                                 to_latents(samples["anchor_images"]), cfg,
-                                anchor_index=samples["anchor_index"].tolist(), progress=progress, shard=shard)
+                                anchor_index=samples["anchor_index"].tolist(), progress=progress, shard=shard,
+                                on_step=on_step)
     elif method == "ca":
         _, history = train_ca(bundle, pairs.target_prompts, pairs.anchor_prompts, to_latents(samples["anchor_images"]),
-                              cfg, anchor_index=samples["anchor_index"].tolist(), progress=progress, shard=shard)
+                              cfg, anchor_index=samples["anchor_index"].tolist(), progress=progress, shard=shard,
+                              on_step=on_step)
     else:
         _, history = train_esd(bundle, pairs.target_prompts, to_latents(samples["target_images"]), cfg,
-                               target_index=samples["target_index"].tolist(), progress=progress, shard=shard)
+                               target_index=samples["target_index"].tolist(), progress=progress, shard=shard,
+                               on_step=on_step)
     return bundle, history
 
 

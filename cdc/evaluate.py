@@ -102,9 +102,10 @@ def fid_against_world(
 def erasure_row(
     bundle: ModelBundle, judge: JudgeNet, world: World, family: str, in_set: list[str], probe: list[str],
     retain: list[str], cfg: EvaluateParams, sampler: SampleParams, *, unet: nn.Module | None = None,
-    progress: bool = True,
+    progress: bool = True, fid: bool = True,
 ) -> tuple[dict, dict[str, Drawn]]:
-    """One table row: erasure in-set and out-of-set, utility on neighbours and on all.
+    """One table row: erasure in-set and out-of-set, utility on neighbours and on all, and world-FID unless
+    `fid` is False (a curve's validation points, which plot rates only).
 
     The row also names what each utility column lost (`neighbors_missed`, `retain_missed`; see `misses`).
 
@@ -136,7 +137,8 @@ def erasure_row(
     every = concept_accuracy(bundle, judge, world, retain, cfg.retain_images, sampler, **run)
     row["retain_all"], row["retain_all_n"] = every["concept_acc"], len(every["drawn"].prompts)
     row["retain_missed"] = every["missed"]
-    row["world_fid"] = fid_against_world(bundle, judge, world, sampler, cfg.fid_images, cfg.seed, **run)
+    if fid:
+        row["world_fid"] = fid_against_world(bundle, judge, world, sampler, cfg.fid_images, cfg.seed, **run)
     return row, drawn
 
 

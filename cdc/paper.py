@@ -30,9 +30,12 @@ def paper_inputs(erase_csv: str | os.PathLike[str], world_json: str | os.PathLik
         "data/world.json": Input(Path(world_json), "dvc repro base"),
         "data/ablate.csv": Input(generated / "ablate_table.csv", report),
         "data/transfer.csv": Input(generated / "transfer_table.csv", report),
+        "data/matched.csv": Input(generated / "matched_table.csv", report),
+        "data/matched_verdict.csv": Input(generated / "matched_verdict.csv", report),
         "data/params.yaml": Input(Path(params_path), "nothing: it is the pipeline's configuration, restore it"),
         "figures/asr_retention.png": Input(generated / "asr_retention.png", report),
         "figures/ablate.png": Input(generated / "ablate.png", report),
+        "figures/tradeoff.png": Input(generated / "tradeoff.png", report),
     }
     for family in grids:
         name = f"erase_grid_{family}.png"

@@ -377,6 +377,24 @@ class TransferParams(Checked):
 
 
 @dataclass(frozen=True)
+class TradeoffParams(Checked):
+    """Each method's erasure-retention curve, swept on the validation split, and its matched-erasure row."""
+
+    concepts: list[str]  # world families whose erase-stage anchors the sweep reuses
+    methods: list[Method]
+    scales: list[float]  # training lengths: x each method's own updates (steps - warmup_steps); one run, snapshotted
+    validation_seed: int = bounded(0)  # sample.seed and evaluate.seed of the validation split
+
+    def __post_init__(self) -> None:
+        """Distinct families and methods; positive, increasing scales."""
+        super().__post_init__()
+        check_names("concepts", self.concepts)
+        check_names("methods", self.methods)
+        if not self.scales or any(not 0 < s <= 10 for s in self.scales) or self.scales != sorted(set(self.scales)):
+            raise ValueError(f"scales must be increasing values in (0, 10], got {self.scales}")
+
+
+@dataclass(frozen=True)
 class ReportParams(Checked):
     """What the report calls a successful erasure and how sure its intervals are."""
 
@@ -414,6 +432,7 @@ class Params:
     attack: AttackParams
     ablate: AblateParams
     transfer: TransferParams
+    tradeoff: TradeoffParams
     report: ReportParams
     paper: PaperParams
 
@@ -425,6 +444,9 @@ class Params:
         report needs their erase rows, and both say so."""
         for name, arm in self.ablate.arms.items():
             arm_config(self.erase, arm, f"ablate.arms.{name}")
+        if self.tradeoff.validation_seed in (self.sample.seed, self.evaluate.seed):
+            raise ParamsError(f"'tradeoff.validation_seed' {self.tradeoff.validation_seed} is a seed of the evaluation "
+                              "split (sample.seed or evaluate.seed): choosing on it would tune on the test set")
         if unknown := [f for f in self.paper.grids if f not in self.erase.concepts]:
             raise ParamsError(f"'paper.grids': {unknown[0]!r} is not in erase.concepts, so it has no grid")
         transfer = self.transfer

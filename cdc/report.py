@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from cdc.io import load_json, save_text
-from cdc.params import AblateParams, ReportParams, TransferParams
+from cdc.params import AblateParams, ReportParams, TradeoffParams, TransferParams
 from cdc.targets import RATES, clear_misses, interval, misses
 
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
@@ -123,6 +123,96 @@ def transfer_markdown(table: pd.DataFrame) -> str:
     return _keyed_markdown(table, "unet", "UNet", note)
 
 
+def _tradeoff_runs(tradeoff: TradeoffParams, tradeoff_dir: str | Path) -> dict[str, dict]:
+    """The tradeoff stage's file per family, checked to hold every method of params.yaml `tradeoff`."""
+    runs = {}
+    for concept in tradeoff.concepts:
+        path = Path(tradeoff_dir) / f"{concept}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no trade-off sweep for {concept!r} at {path}: run `dvc repro tradeoff@{concept}`")
+        runs[concept] = load_json(path)
+        if missing := [m for m in tradeoff.methods if m not in runs[concept]["methods"]]:
+            raise ValueError(f"{path} has no sweep of {missing}: run `dvc repro -f tradeoff@{concept}`")
+    return runs
+
+
+def tradeoff_points(tradeoff: TradeoffParams, tradeoff_dir: str | Path) -> pd.DataFrame:
+    """Every snapshot of the tradeoff stage (validation split), one row per (concept, method, scale), after each
+    family's base row (method "base", scale 0); retention also relative to that base row."""
+    cols = ["concept", "method", "scale", "steps", "seconds", "in_set", "out_of_set", "retain_neighbors", "retain_all"]
+    rows = []
+    for concept, run in _tradeoff_runs(tradeoff, tradeoff_dir).items():
+        rows.append(run["base_validation"] | {"concept": concept, "method": "base", "scale": 0.0, "steps": 0})
+        rows += [p | {"concept": concept, "method": m} for m in tradeoff.methods for p in run["methods"][m]["points"]]
+    points = pd.DataFrame(rows).reindex(columns=cols)
+    base = points[points.method == "base"].set_index("concept")
+    for col in ("retain_all", "retain_neighbors"):
+        points[f"{col}_vs_base"] = points[col] / points.concept.map(base[col])
+    return points
+
+
+def matched_table(table: pd.DataFrame, tradeoff: TradeoffParams, tradeoff_dir: str | Path,
+                  targets: ReportParams) -> pd.DataFrame:
+    """Per family and method, the matched-erasure point (chosen on the validation split) as scored on the
+    evaluation split, with the erase table's columns, intervals and misses against the erase table's base row;
+    `scale` is its training length (x params.yaml's), and a method none of whose lengths met the erasure targets
+    has a row of its own with `scale` empty ("never reaches it")."""
+    rows = []
+    for concept, run in _tradeoff_runs(tradeoff, tradeoff_dir).items():
+        for method in tradeoff.methods:
+            found = run["methods"][method]
+            matched = found["matched"] or {}
+            rows.append({k: v for k, v in matched.items() if k != "seconds"} | {
+                "concept": concept, "method": method, "scale": found["matched_scale"],
+                "seconds": matched.get("seconds")})
+    out = pd.DataFrame(rows).reindex(columns=["scale", *COLUMNS, *ATTACK_COLUMNS])  # not attacked: no ASR
+    base = table[table.method == "base"].set_index("concept")
+    if missing := sorted(set(out.concept) - set(base.index)):
+        raise ValueError(f"the erase table has no base row for {missing}: the matched rows are measured against it")
+    reached = out[out.scale.notna()]
+    never = out[out.scale.isna()].assign(missed="never reaches the erasure targets", missed_clearly="")
+    return pd.concat([annotate(reached, base, targets), never]).sort_index()
+
+
+def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
+    """Per family: the method that keeps most at matched erasure (neighbours + retain on the evaluation split),
+    the runner-up, and whether their neighbours intervals overlap (then the data cannot tell them apart)."""
+    rows = []
+    for concept, g in matched.groupby("concept", sort=False):
+        g = g[g.scale.notna()].assign(kept=lambda d: d.retain_neighbors + d.retain_all).sort_values("kept",
+                                                                                                  ascending=False)
+        never = ", ".join(sorted(set(matched[matched.concept == concept].method) - set(g.method))) or "-"
+        if g.empty:
+            rows.append({"family": concept, "best": "none reaches it", "runner-up": "", "intervals overlap": "",
+                         "never reaches it": never})
+            continue
+        best = g.iloc[0]
+        second = g.iloc[1] if len(g) > 1 else None
+        overlap = "" if second is None else (
+            "yes" if best.retain_neighbors_lo <= second.retain_neighbors_hi else "no")
+        rows.append({"family": concept, "best": best.method, "runner-up": "" if second is None else second.method,
+                     "intervals overlap": overlap, "never reaches it": never})
+    return pd.DataFrame(rows)
+
+
+def matched_markdown(matched: pd.DataFrame, summary: pd.DataFrame, targets: ReportParams) -> str:
+    """The matched-erasure table (from `matched_table`) and its per-family verdict (`matched_summary`)."""
+    head = ["family", "method", "length", *[h for h in MD_HEAD if not h.startswith("ASR")]]
+
+    def cells(r: pd.Series) -> list[str]:
+        if pd.isna(r.scale):
+            return [r.concept, r.method, "never reaches it", *[""] * (len(head) - 3)]
+        row = _cells(r)
+        return [r.concept, r.method, f"{r.scale:g}x", *row[:2], *row[2 + len(ATTACKS):]]
+
+    note = (f"\nEach method's training length swept over params.yaml `tradeoff.scales` (x its own updates) on the "
+            f"validation split (11_tradeoff); the length kept is the one with in-set <= {targets.in_set_max:g} and "
+            f"out-of-set <= {targets.out_of_set_max:g} that keeps most (neighbours + retain), scored here on the "
+            "evaluation split with the erase table's intervals and targets.\n\n")
+    verdict = _md_rows(list(summary.columns), summary.astype(str).values.tolist(), n_text=len(summary.columns))
+    return _md_rows(head, [cells(r) for _, r in matched.iterrows()], n_text=2) + note + verdict
+
+
 def targets_met(table: pd.DataFrame) -> pd.DataFrame:
     """Per method: how many families meet every target, which, and which miss only within sampling noise."""
     rows = {}
@@ -161,9 +251,8 @@ def claim_markdown(claim: pd.DataFrame, method: str, targets: ReportParams) -> s
     """The robustness claim per family as a markdown table, with the rule it checks."""
     if claim.empty:
         return f"No family has {method} and its rivals in the erase table: nothing to compare.\n"
-    head = list(claim.columns)
     rows = [["" if pd.isna(v) else f"{v:.2f}" if isinstance(v, float) else str(v) for v in r] for r in claim.values]
-    body = "\n".join("| " + " | ".join(c) + " |" for c in [head, ["---"] * len(head), *rows]) + "\n"
+    body = _md_rows(list(claim.columns), rows, n_text=len(claim.columns))
     return body + (f"\nThe claim, per family: {method}'s prefix-attack ASR is below each rival's while its "
                    f"retain-all stays >= {targets.retain_all_min:g} x base (rates from the erase table; ties are not"
                    " below).\n")
@@ -210,9 +299,11 @@ MD_HEAD = ["in-set ↓", "out-of-set ↓", *(f"ASR {v} ↓" for v in ATTACKS.val
 MD_ALIGN = [*["--:"] * 8, "---"]  # numbers right-aligned
 
 
-def _md_rows(head: list[str], rows: list[list[str]]) -> str:
-    """A markdown table."""
-    align = ["---"] * (len(head) - len(MD_ALIGN)) + MD_ALIGN
+def _md_rows(head: list[str], rows: list[list[str]], n_text: int | None = None) -> str:
+    """A markdown table; after the first `n_text` columns (default: all but the measured cells) numbers are
+    right-aligned, and the last column (the targets missed) is text."""
+    n_text = len(head) - len(MD_ALIGN) if n_text is None else n_text
+    align = ["---"] * n_text + ["--:"] * (len(head) - n_text - 1) + ["---"] * (len(head) > n_text)
     return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, align, *rows]) + "\n"
 
 
@@ -275,7 +366,8 @@ def sync_block(text: str, name: str, block: str) -> str:
 
 
 README_BLOCKS = {name: f"paper/generated/{name.replace('-', '_')}.md"
-                 for name in ("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table")}
+                 for name in ("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table",
+                              "matched-table")}
 
 
 def sync_readme(readme: str | Path = "README.md") -> bool:

@@ -42,12 +42,18 @@ def generated(tmp_path) -> dict:
     pd.DataFrame(arms).to_csv(gen / "ablate_table.csv", index=False, float_format="%.4f")
     pairs = [row("church", m, r, unet=u) for m, r in (("base", 1.0), ("advunlearn", 0.1)) for u in ("first", "second")]
     pd.DataFrame(pairs).to_csv(gen / "transfer_table.csv", index=False, float_format="%.4f")
+    matched = [row("church", "doco", 0.0, nothing=None, scale=1.5),  # a method that never erases has no rates
+               {"concept": "church", "method": "advunlearn", "missed": "never reaches the erasure targets"}]
+    pd.DataFrame(matched).to_csv(gen / "matched_table.csv", index=False, float_format="%.4f")
+    verdict = [{"family": "church", "best": "doco", "runner-up": "", "intervals overlap": "",
+                "never reaches it": "advunlearn"}]
+    pd.DataFrame(verdict).to_csv(gen / "matched_verdict.csv", index=False)
     world = {"n_concepts": 12, "judge_concept_acc": 0.99, "judge_style_acc": 1.0, "base_concept_acc": 0.9,
              "base_style_acc": 0.95, "base_oos_rate": {"church": 0.8}, "world_fid": 1.5, "pretrain_seconds": 60.0,
              "pretrain_hardware": "a CPU, 2 cores"}
     (metrics / "world.json").write_text(json.dumps(world))
     image = np.full((8, 16, 3), 200, dtype=np.uint8)
-    for name in ("asr_retention.png", "ablate.png", "erase_grid_church.png"):
+    for name in ("asr_retention.png", "ablate.png", "tradeoff.png", "erase_grid_church.png"):
         save_image(image, gen / name)
     params = read_yaml(REPO / "params.yaml") | {"paper": {"grids": ["church"]}}
     with (tmp_path / "params.yaml").open("w") as f:
@@ -67,7 +73,8 @@ def test_missing_inputs_are_all_named_with_the_command_that_makes_them(tmp_path)
     with pytest.raises(FileNotFoundError) as info:
         check_inputs(inputs)
     message = str(info.value)
-    for name in ("erase.csv", "ablate_table.csv", "transfer_table.csv", "asr_retention.png", "ablate.png"):
+    for name in ("erase.csv", "ablate_table.csv", "transfer_table.csv", "matched_table.csv", "matched_verdict.csv",
+                 "asr_retention.png", "ablate.png", "tradeoff.png"):
         assert name in message
     assert "erase_grid_fish.png  (made by `dvc repro evaluate@fish`)" in message
     assert "world.json" not in message and "`dvc repro report`" in message

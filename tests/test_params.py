@@ -268,3 +268,17 @@ def test_transfer_section_is_checked_against_erase_and_pretrain(tmp_path, key, v
 def test_paper_grids_are_erased_families(tmp_path, value, message):
     with pytest.raises(ParamsError, match=message):
         load_params(write(tmp_path, changed(committed(), "paper.grids", value)))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("tradeoff.validation_seed", 0, r"'tradeoff\.validation_seed' 0 is a seed of the evaluation split"),
+     ("tradeoff.validation_seed", 777, "would tune on the test set"),
+     ("tradeoff.scales", [1.0, 0.5], "scales must be increasing"),
+     ("tradeoff.scales", [0.0, 1.0], r"scales must be increasing values in \(0, 10\]"),
+     ("tradeoff.scales", [], "scales must be increasing"),
+     ("tradeoff.methods", ["doco", "uce"], r"'tradeoff\.methods\[1\]': expected one of")],
+)
+def test_tradeoff_section_keeps_validation_apart_from_evaluation(tmp_path, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, changed(committed(), key, value)))

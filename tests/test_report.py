@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from cdc.io import save_json
-from cdc.params import AblateParams, ArmParams, ReportParams, TransferParams
+from cdc.params import AblateParams, ArmParams, ReportParams, TradeoffParams, TransferParams
 from cdc.report import (
     README_BLOCKS,
     ablate_markdown,
@@ -14,9 +14,13 @@ from cdc.report import (
     claim_markdown,
     erase_table,
     markdown_table,
+    matched_markdown,
+    matched_summary,
+    matched_table,
     robustness_claim,
     sync_block,
     sync_readme,
+    tradeoff_points,
     transfer_markdown,
     transfer_table,
     world_markdown,
@@ -205,3 +209,54 @@ def test_robustness_claim_names_the_half_that_fails(table):
     md = claim_markdown(claim, "esd", TARGETS)
     assert "| church | 0.10 | 0.70 | doco | 1.00 | yes |" in md and ">= 0.95 x base" in md
     assert "nothing to compare" in claim_markdown(robustness_claim(table, "esd", ["ca"], TARGETS), "esd", TARGETS)
+
+
+def tradeoff_file(tmp_path: Path, concept: str, esd_reaches: bool) -> None:
+    """A tradeoff stage file: doco and esd at two lengths; esd meets the erasure targets only if `esd_reaches`."""
+    def point(scale, in_set, nbr):
+        return {"scale": scale, "steps": int(100 * scale), "seconds": 10.0 * scale, "in_set": in_set,
+                "out_of_set": in_set, "retain_neighbors": nbr, "retain_all": 1.0}
+
+    def evaluated(scale, nbr):
+        return point(scale, 0.0, nbr) | {"world_fid": 5.0, **COUNTS}
+
+    esd_end = 0.0 if esd_reaches else 0.5
+    save_json({"concept": concept, "scales": [0.5, 1.0],
+               "base_validation": {"in_set": 0.9, "out_of_set": 0.8, "retain_neighbors": 0.8, "retain_all": 1.0},
+               "methods": {
+                   "doco": {"points": [point(0.5, 0.3, 0.8), point(1.0, 0.0, 0.6)], "matched_scale": 1.0,
+                            "matched": evaluated(1.0, 0.6)},
+                   "esd": {"points": [point(0.5, 0.6, 0.8), point(1.0, esd_end, 0.1)],
+                           "matched_scale": 1.0 if esd_reaches else None,
+                           "matched": evaluated(1.0, 0.1) if esd_reaches else None}}},
+              tmp_path / "tradeoff" / f"{concept}.json")
+
+
+def test_tradeoff_points_and_matched_rows(table, tmp_path):
+    tradeoff_file(tmp_path, "church", esd_reaches=True)
+    tradeoff_file(tmp_path, "fish", esd_reaches=False)
+    params = TradeoffParams(concepts=["church", "fish"], methods=["doco", "esd"], scales=[0.5, 1.0],
+                            validation_seed=1000)
+    points = tradeoff_points(params, tmp_path / "tradeoff")
+    assert len(points) == 2 * (1 + 2 * 2)  # per family: base, then two methods x two lengths
+    assert points[points.method == "base"].scale.tolist() == [0.0, 0.0]
+    assert points.retain_neighbors_vs_base.max() == pytest.approx(1.0)  # relative to the validation base row
+    matched = matched_table(table, params, tmp_path / "tradeoff", TARGETS)
+    assert list(zip(matched.concept, matched.method)) == [("church", "doco"), ("church", "esd"), ("fish", "doco"),
+                                                          ("fish", "esd")]
+    never = matched[(matched.concept == "fish") & (matched.method == "esd")].iloc[0]
+    assert pd.isna(never.scale) and never.missed == "never reaches the erasure targets"
+    doco = matched[(matched.concept == "church") & (matched.method == "doco")].iloc[0]
+    assert doco.retain_neighbors_vs_base == pytest.approx(0.6)  # against the erase table's (evaluation) base row
+    assert "retain_neighbors" in doco.missed.split()  # 0.6 x base misses the neighbours target
+    summary = matched_summary(matched)
+    assert summary.set_index("family").loc["church", "best"] == "doco"
+    assert summary.set_index("family").loc["fish", "never reaches it"] == "esd"
+    md = matched_markdown(matched, summary, TARGETS)
+    assert "never reaches it" in md and "| church | doco | 1x |" in md
+    with pytest.raises(FileNotFoundError, match="dvc repro tradeoff@parachute"):
+        tradeoff_points(TradeoffParams(concepts=["parachute"], methods=["doco"], scales=[1.0], validation_seed=1),
+                        tmp_path / "tradeoff")
+    with pytest.raises(ValueError, match="no sweep of"):
+        tradeoff_points(TradeoffParams(concepts=["church"], methods=["ca"], scales=[1.0], validation_seed=1),
+                        tmp_path / "tradeoff")

@@ -49,6 +49,7 @@ from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.text_encoder import frozen, trainable_copy
 from cdc.methods.train import (
+    StepHook,
     apply_step,
     check_finite,
     check_latents,
@@ -168,6 +169,7 @@ def train_advunlearn(
     retain_index: Sequence[int] | None = None,
     progress: bool = True,
     shard: Shard = SINGLE,
+    on_step: StepHook | None = None,
 ) -> tuple[TextEncoder | nn.Module, list[dict]]:
     """Erase the concept of `target_prompts` robustly; returns (trained text encoder or LoRA UNet, history).
 
@@ -175,6 +177,7 @@ def train_advunlearn(
         target_latents, retain_latents: (N, C, h, w) base-model samples of those prompts, in UNet space.
         target_index, retain_index: prompt id of each latent (default: latent i <- prompt i % P).
         shard: this process's rows of each batch under data parallelism (`cdc.methods.parallel`).
+        on_step: called after each step with (step, the trained tensors), e.g. to snapshot them.
     The text encoder comes back as a new `TextEncoder` (use `dataclasses.replace(bundle, text=...)`);
     the UNet (unet mode) is the bundle's, with its LoRA, as in the other methods.
     """
@@ -231,6 +234,8 @@ def train_advunlearn(
         check_finite("AdvUnlearn", step, loss=logged[0])
         grads, _ = clip_grads(shard.average(grads_of(loss, params)), cfg.max_grad_norm)
         apply_step(opt, params, grads)
+        if on_step is not None:
+            on_step(step, params)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({
                 "step": step,

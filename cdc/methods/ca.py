@@ -20,6 +20,7 @@ from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
+    StepHook,
     apply_step,
     check_finite,
     check_pairs,
@@ -40,11 +41,12 @@ def train_ca(
     anchor_index: Sequence[int] | None = None,
     progress: bool = True,
     shard: Shard = SINGLE,
+    on_step: StepHook | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Ablate the target concept towards the anchor; returns (UNet with LoRA, history rows).
 
     Same data contract as `train_doco`: paired prompt lists and (N, C, h, w) anchor samples; `shard`: this
-    process's rows of each batch under data parallelism (`cdc.methods.parallel`).
+    process's rows of each batch under data parallelism (`cdc.methods.parallel`); `on_step` as in `train_esd`.
     """
     targets, anchors = check_pairs(target_prompts, anchor_prompts)
     shard.check_batch(cfg.batch_size)
@@ -75,6 +77,8 @@ def train_ca(
         check_finite("CA", step, loss=losses[0])
         grads, _ = clip_grads(shard.average(grads_of(loss, params)), cfg.max_grad_norm)
         apply_step(opt, params, grads)
+        if on_step is not None:
+            on_step(step, params)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append(
                 {

@@ -56,6 +56,7 @@ from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import SurgeryStats, clip_grads, combine, tensor_cosines
 from cdc.methods.train import (
     PairedData,
+    StepHook,
     apply_step,
     check_finite,
     check_pairs,
@@ -332,6 +333,7 @@ def train_doco(
     anchor_index: Sequence[int] | None = None,
     progress: bool = True,
     shard: Shard = SINGLE,
+    on_step: StepHook | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Erase a concept from `bundle.unet` with DoCo; returns (the UNet with its LoRA, history rows).
 
@@ -340,6 +342,7 @@ def train_doco(
         anchor_latents: (N, C, h, w) base-model samples of the anchor prompts in UNet space.
         anchor_index: prompt id of each latent (default: latent i was drawn from prompt i % P).
         shard: this process's rows of each batch under data parallelism (`cdc.methods.parallel`).
+        on_step: called after each step with (step, the trained tensors), e.g. to snapshot them.
     The LoRA is added to `bundle.unet` in place (base weights untouched; `remove_lora` undoes it).
     """
     history: list[dict] = []
@@ -347,6 +350,8 @@ def train_doco(
         start = time.perf_counter()
         for step in progress_bar(cfg.steps, progress, "DoCo"):
             report = doco_step(state, step)
+            if on_step is not None:
+                on_step(step, state.params)
             if step % cfg.log_every == 0 or step == cfg.steps:
                 history.append(report.history_row(time.perf_counter() - start))
     return bundle.unet, history

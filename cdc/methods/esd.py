@@ -26,6 +26,7 @@ from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
+    StepHook,
     apply_step,
     check_finite,
     check_prompts,
@@ -46,6 +47,7 @@ def train_esd(
     target_index: Sequence[int] | None = None,
     progress: bool = True,
     shard: Shard = SINGLE,
+    on_step: StepHook | None = None,
 ) -> tuple[torch.nn.Module, list[dict]]:
     """Erase the concept of `target_prompts` with ESD; returns (UNet with LoRA, history rows).
 
@@ -53,6 +55,7 @@ def train_esd(
         target_latents: (N, C, h, w) base-model samples of the target prompts, in UNet space.
         target_index: prompt id of each latent (default: latent i <- prompt i % P).
         shard: this process's rows of each batch under data parallelism (`cdc.methods.parallel`).
+        on_step: called after each step with (step, the trained tensors), e.g. to snapshot them.
     """
     targets = check_prompts(target_prompts, "target_prompts")
     shard.check_batch(cfg.batch_size)
@@ -79,6 +82,8 @@ def train_esd(
         check_finite("ESD", step, loss=float(batch_loss))
         grads, _ = clip_grads(shard.average(grads_of(loss, params)), cfg.max_grad_norm)
         apply_step(opt, params, grads)
+        if on_step is not None:
+            on_step(step, params)
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, "loss": float(batch_loss), "seconds": time.perf_counter() - start})
     return unet, history

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -15,6 +15,9 @@ from cdc.errors import NaNLossError
 from cdc.methods.config import LoraRunConfig
 from cdc.methods.lora import add_lora, lora_parameters, tuner_layers
 from cdc.text import TextEncoder
+
+# Called after each update with (step, the trained tensors): how a caller snapshots a run at several lengths.
+StepHook = Callable[[int, Sequence[nn.Parameter]], None]
 
 
 def check_prompts(prompts: Sequence[str], what: str) -> list[str]:
