@@ -179,8 +179,9 @@ def matched_summary(matched: pd.DataFrame) -> pd.DataFrame:
     the runner-up, and whether their neighbours intervals overlap (then the data cannot tell them apart)."""
     rows = []
     for concept, g in matched.groupby("concept", sort=False):
-        g = g[g.scale.notna()].assign(kept=lambda d: d.retain_neighbors + d.retain_all).sort_values("kept",
-                                                                                                  ascending=False)
+        # Most kept first; on a tie, the order of params.yaml `tradeoff.methods` (a stable sort).
+        g = g[g.scale.notna()].assign(kept=lambda d: d.retain_neighbors + d.retain_all)
+        g = g.sort_values("kept", ascending=False, kind="stable")
         never = ", ".join(sorted(set(matched[matched.concept == concept].method) - set(g.method))) or "-"
         if g.empty:
             rows.append({"family": concept, "best": "none reaches it", "runner-up": "", "intervals overlap": "",
