@@ -161,10 +161,8 @@ def matched_table(table: pd.DataFrame, tradeoff: TradeoffParams, tradeoff_dir: s
     for concept, run in _tradeoff_runs(tradeoff, tradeoff_dir).items():
         for method in tradeoff.methods:
             found = run["methods"][method]
-            matched = found["matched"] or {}
-            rows.append({k: v for k, v in matched.items() if k != "seconds"} | {
-                "concept": concept, "method": method, "scale": found["matched_scale"],
-                "seconds": matched.get("seconds")})
+            rows.append((found["matched"] or {}) | {"concept": concept, "method": method,
+                                                    "scale": found["matched_scale"]})
     out = pd.DataFrame(rows).reindex(columns=["scale", *COLUMNS, *ATTACK_COLUMNS])  # not attacked: no ASR
     base = table[table.method == "base"].set_index("concept")
     if missing := sorted(set(out.concept) - set(base.index)):

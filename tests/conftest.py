@@ -15,6 +15,7 @@ from cdc.codec import SpaceToDepthCodec
 from cdc.io import save_text
 from cdc.params import Params, load_params, read_yaml
 from cdc.text import MiniLMEncoder
+from cdc.world.build import build_world
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "tests" / "smoke.yaml"
@@ -152,6 +153,14 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def world():
+    """The committed families with one extra concept, rendered at 32 px in both styles (a few seconds)."""
+    fam = read_yaml(REPO / "data/world/families.yaml")
+    oos = read_yaml(REPO / "data/prompts/out_of_set.yaml")
+    return build_world(fam, oos, size=32, n_concepts=1, seed=0, templates=["{a}", "{p}"], progress=False)
 
 
 @pytest.fixture(scope="session")

@@ -14,22 +14,14 @@ from cdc.erase import run_method
 from cdc.errors import NaNLossError
 from cdc.io import save_json
 from cdc.methods.lora import remove_lora
-from cdc.params import ReportParams, read_yaml
+from cdc.params import ReportParams
 from cdc.pretrain import augment_context, caption_pool, lr_at, train_world_model
 from cdc.report import erase_table, targets_met
-from cdc.world.build import build_world
 from cdc.world.captions import STYLE_SUFFIXES
 
 REPO = Path(__file__).resolve().parents[1]
 # The targets test_report_table's rates are placed around (params.yaml's report section at the time of writing).
 TARGETS = ReportParams(in_set_max=0.05, out_of_set_max=0.15, neighbors_min=0.9, retain_all_min=0.95, confidence=0.95)
-
-
-@pytest.fixture(scope="module")
-def world():
-    fam = read_yaml(REPO / "data/world/families.yaml")
-    oos = read_yaml(REPO / "data/prompts/out_of_set.yaml")
-    return build_world(fam, oos, size=32, n_concepts=1, seed=0, templates=["{a}", "{p}"], progress=False)
 
 
 def tiny_unet(seed=0):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,18 +11,7 @@ import torch
 from cdc.anchors import erase_pairs
 from cdc.erase import run_method
 from cdc.methods.lora import lora_parameters, remove_lora
-from cdc.params import read_yaml
 from cdc.tradeoff import Snapshots, matched_point, snapshot_steps, tradeoff
-from cdc.world.build import build_world
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def world():
-    fam = read_yaml(REPO / "data/world/families.yaml")
-    oos = read_yaml(REPO / "data/prompts/out_of_set.yaml")
-    return build_world(fam, oos, size=32, n_concepts=1, seed=0, templates=["{a}", "{p}"], progress=False)
 
 
 def _samples(n: int = 4) -> dict[str, np.ndarray]:
