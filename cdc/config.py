@@ -67,3 +67,11 @@ def check_names(what: str, names: list[str], known: tuple[str, ...] | None = Non
         unknown = [n for n in names if n not in known]
         if unknown:
             raise ValueError(f"{what}: unknown {unknown[0]!r} (known: {', '.join(known)})")
+
+
+def check_steps(what: str, steps: list[int]) -> list[int]:
+    """Strictly increasing step counts >= 0 that end above 0 (step 0: before any update), or ValueError."""
+    steps = [int(s) for s in steps]
+    if not steps or steps[0] < 0 or steps[-1] < 1 or any(b <= a for a, b in zip(steps, steps[1:])):
+        raise ValueError(f"{what} must be increasing steps >= 0 ending above 0, got {steps}")
+    return steps

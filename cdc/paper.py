@@ -32,10 +32,14 @@ def paper_inputs(erase_csv: str | os.PathLike[str], world_json: str | os.PathLik
         "data/transfer.csv": Input(generated / "transfer_table.csv", report),
         "data/matched.csv": Input(generated / "matched_table.csv", report),
         "data/matched_verdict.csv": Input(generated / "matched_verdict.csv", report),
+        "data/relearn.csv": Input(generated / "relearn_table.csv", report),
+        "data/multi.csv": Input(generated / "multi_curves.csv", report),
         "data/params.yaml": Input(Path(params_path), "nothing: it is the pipeline's configuration, restore it"),
         "figures/asr_retention.png": Input(generated / "asr_retention.png", report),
         "figures/ablate.png": Input(generated / "ablate.png", report),
         "figures/tradeoff.png": Input(generated / "tradeoff.png", report),
+        "figures/relearn.png": Input(generated / "relearn.png", report),
+        "figures/multi.png": Input(generated / "multi.png", report),
     }
     for family in grids:
         name = f"erase_grid_{family}.png"

@@ -22,9 +22,9 @@ from ruamel.yaml.error import YAMLError
 
 from cdc.attacks.config import InversionConfig, PrefixAttackConfig
 from cdc.attention import Attention
-from cdc.config import Checked, bounded, check_names
+from cdc.config import Checked, bounded, check_names, check_steps
 from cdc.errors import ParamsError
-from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig
+from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig, LoraGroup, LoraRunConfig
 from cdc.system import Precision
 
 T = TypeVar("T")
@@ -395,6 +395,55 @@ class TradeoffParams(Checked):
 
 
 @dataclass(frozen=True)
+class RelearnParams(Checked):
+    """Each erased model fine-tuned on images of its concept: after how many steps is the concept back?"""
+
+    concepts: list[str]  # world families whose erase-stage anchors (pairs, base-model samples) the stage reuses
+    methods: list[Method]  # each erased as erase.<method> says, then fine-tuned
+    checkpoints: list[int]  # fine-tuning steps at which the concept's rates are judged; 0: the erased model
+    returned: float = bounded(0, 1, lo_open=True)  # the concept is back once its in-set rate reaches this
+    lr: float = bounded(0, lo_open=True)  # AdamW on the fine-tuning LoRA
+    batch_size: int = bounded(1)
+    lora_group: LoraGroup  # the layers the fine-tune adapts (the erasure is merged into the UNet first)
+    lora_rank: int = bounded(1)
+    max_grad_norm: float = bounded(0, lo_open=True)
+    weight_decay: float = bounded(0)
+    seed: int = bounded(0)  # LoRA init and every batch, noise and timestep draw
+
+    def __post_init__(self) -> None:
+        """Distinct families and methods; increasing checkpoints from 0 or more, the last above 0."""
+        super().__post_init__()
+        check_names("concepts", self.concepts)
+        check_names("methods", self.methods)
+        check_steps("checkpoints", self.checkpoints)
+
+    def run_config(self) -> LoraRunConfig:
+        """The fine-tune as a LoRA run config (its length is the last checkpoint)."""
+        return LoraRunConfig(steps=self.checkpoints[-1], lr=self.lr, batch_size=self.batch_size,
+                             lora_group=self.lora_group, lora_rank=self.lora_rank, lora_alpha=None,
+                             max_grad_norm=self.max_grad_norm, weight_decay=self.weight_decay, seed=self.seed,
+                             log_every=1)
+
+
+@dataclass(frozen=True)
+class MultiParams(Checked):
+    """Several world concepts erased in one run: erasure and retention against how many."""
+
+    counts: list[int]  # sizes of the nested erased sets, increasing
+    families: list[str]  # one-member object families erased first (with their anchors), then seeded concepts
+    methods: list[Method]  # each trained once per count with erase.<method> unchanged
+    seed: int = bounded(0)  # which other concepts, their anchors, and the first sample seed
+
+    def __post_init__(self) -> None:
+        """Distinct families and methods; increasing positive counts."""
+        super().__post_init__()
+        check_names("families", self.families)
+        check_names("methods", self.methods)
+        if not self.counts or self.counts[0] < 1 or any(b <= a for a, b in zip(self.counts, self.counts[1:])):
+            raise ValueError(f"counts must be increasing numbers of concepts >= 1, got {self.counts}")
+
+
+@dataclass(frozen=True)
 class ReportParams(Checked):
     """What the report calls a successful erasure and how sure its intervals are."""
 
@@ -433,6 +482,8 @@ class Params:
     ablate: AblateParams
     transfer: TransferParams
     tradeoff: TradeoffParams
+    relearn: RelearnParams
+    multi: MultiParams
     report: ReportParams
     paper: PaperParams
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from cdc.io import load_json, save_text
-from cdc.params import AblateParams, ReportParams, TradeoffParams, TransferParams
+from cdc.params import AblateParams, MultiParams, RelearnParams, ReportParams, TradeoffParams, TransferParams
 from cdc.targets import RATES, clear_misses, interval, misses
 
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
@@ -212,6 +212,102 @@ def matched_markdown(matched: pd.DataFrame, summary: pd.DataFrame, targets: Repo
     return _md_rows(head, [cells(r) for _, r in matched.iterrows()], n_text=2) + note + verdict
 
 
+def _stage_files(names: list[str], folder: str | Path, stage: str, what: str) -> dict[str, dict]:
+    """The stage's JSON file per name (a family or a method), or FileNotFoundError saying what to run."""
+    out = {}
+    for name in names:
+        path = Path(folder) / f"{name}.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no {what} for {name!r} at {path}: run `dvc repro {stage}@{name}`")
+        out[name] = load_json(path)
+    return out
+
+
+def relearn_curves(relearn: RelearnParams, relearn_dir: str | Path, confidence: float) -> pd.DataFrame:
+    """Every checkpoint of the relearn stage, one row per (concept, method, step), after each family's base row
+    (method "base", no step); in-set and out-of-set rates with Wilson intervals."""
+    rows = []
+    for concept, run in _stage_files(relearn.concepts, relearn_dir, "relearn", "relearning run").items():
+        if missing := [m for m in relearn.methods if m not in run["methods"]]:
+            raise ValueError(f"{relearn_dir}/{concept}.json has no run of {missing}: "
+                             f"run `dvc repro -f relearn@{concept}`")
+        rows.append(run["base"] | {"concept": concept, "method": "base"})
+        rows += [r | {"concept": concept, "method": m} for m in relearn.methods for r in run["methods"][m]["curve"]]
+    curves = pd.DataFrame(rows).reindex(columns=["concept", "method", "step", "seconds", "loss", "in_set",
+                                                  "out_of_set", "in_set_n", "out_of_set_n"])
+    for rate in ("in_set", "out_of_set"):
+        ends = [interval(r, int(n), confidence) for r, n in zip(curves[rate], curves[f"{rate}_n"])]
+        curves[f"{rate}_lo"], curves[f"{rate}_hi"] = [e[0] for e in ends], [e[1] for e in ends]
+    return curves
+
+
+def relearn_table(curves: pd.DataFrame, relearn: RelearnParams) -> pd.DataFrame:
+    """Per family and method: the in-set rate of the erased model (step 0) and after the whole fine-tune, and
+    the first checkpoint at which it reaches `relearn.returned` (empty: not within the last checkpoint)."""
+    rows = []
+    for (concept, method), g in curves[curves.method != "base"].groupby(["concept", "method"], sort=False):
+        back = g[g.in_set >= relearn.returned]
+        first, last = g.iloc[0], g.iloc[-1]
+        rows.append({"concept": concept, "method": method, "erased_in_set": first.in_set,
+                     "returned_at": None if back.empty else int(back.step.iloc[0]),
+                     "final_step": int(last.step), "final_in_set": last.in_set,
+                     "final_in_set_lo": last.in_set_lo, "final_in_set_hi": last.in_set_hi})
+    return pd.DataFrame(rows)
+
+
+def relearn_markdown(table: pd.DataFrame, relearn: RelearnParams) -> str:
+    """Steps until the concept is back, family by method (the `relearn_table`)."""
+    methods = list(relearn.methods)
+    wide = table.pivot(index="concept", columns="method", values="returned_at").reindex(
+        index=list(dict.fromkeys(table.concept)), columns=methods)
+    last = int(table.final_step.max())
+    rows = [[c, *[f"> {last}" if pd.isna(v) else f"{int(v)}" for v in wide.loc[c]]] for c in wide.index]
+    note = (f"\nFine-tuning steps until the family's in-set rate is back at {relearn.returned:g} or above (the "
+            f"first of params.yaml `relearn.checkpoints` that reaches it; > {last}: not within the fine-tune). "
+            "Every erased model is fine-tuned the same way on the base model's own images of the family "
+            "(12_relearn).\n")
+    return _md_rows(["family", *methods], rows, n_text=1) + note
+
+
+def multi_curves(multi: MultiParams, multi_dir: str | Path, confidence: float) -> pd.DataFrame:
+    """The multi stage's rows, one per (method, count) after a base row per method (count 0): how often the
+    erased concepts are still drawn (`erased`, and `first` for the concept every set contains) and the retained
+    concepts' accuracy, also relative to the base model's; Wilson intervals on both rates."""
+    rows = []
+    for method, run in _stage_files(multi.methods, multi_dir, "multi", "multi-concept run").items():
+        if [r["count"] for r in run["rows"]] != multi.counts:
+            raise ValueError(f"{multi_dir}/{method}.json has counts {[r['count'] for r in run['rows']]}, not "
+                             f"params.yaml's {multi.counts}: run `dvc repro -f multi@{method}`")
+        first = run["order"][0][0]
+        base = run["base"]
+        for r in [{"count": 0, "concepts": [k for k, _ in run["order"]], "seconds": 0.0} | base, *run["rows"]]:
+            # The base row's "erased" is over every concept of the longest list; each count's over its own.
+            rows.append({"method": method, "count": r["count"], "first_concept": first,
+                         "first": r["per_concept"][first],
+                         "erased": r["erased"], "erased_n": r["erased_n"], "retain_all": r["retain_all"],
+                         "retain_all_n": r["retain_all_n"], "retain_all_vs_base": r["retain_all"] / base["retain_all"],
+                         "seconds": r["seconds"]})
+    curves = pd.DataFrame(rows)
+    for rate in ("erased", "retain_all"):
+        ends = [interval(v, int(n), confidence) for v, n in zip(curves[rate], curves[f"{rate}_n"])]
+        curves[f"{rate}_lo"], curves[f"{rate}_hi"] = [e[0] for e in ends], [e[1] for e in ends]
+    return curves
+
+
+def multi_markdown(curves: pd.DataFrame) -> str:
+    """Erased concepts still drawn and retained concepts kept (x base), method by number erased."""
+    counts = sorted(set(curves["count"]) - {0})
+    head = ["method", *[f"{n} erased" for n in counts]]
+    rows = []
+    for method, g in curves.groupby("method", sort=False):
+        g = g.set_index("count")
+        rows.append([method, *[f"{g.erased[n]:.2f} / {g.retain_all_vs_base[n]:.2f}" for n in counts]])
+    note = ("\nEach cell: how often the erased concepts are still drawn on their canonical prompts (0 is complete "
+            "erasure) / the retained concepts' accuracy as a fraction of the base model's, for one run erasing that "
+            "many concepts with the erase stage's config (13_multi).\n")
+    return _md_rows(head, rows, n_text=1) + note
+
+
 def targets_met(table: pd.DataFrame) -> pd.DataFrame:
     """Per method: how many families meet every target, which, and which miss only within sampling noise."""
     rows = {}
@@ -366,7 +462,7 @@ def sync_block(text: str, name: str, block: str) -> str:
 
 README_BLOCKS = {name: f"paper/generated/{name.replace('-', '_')}.md"
                  for name in ("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table",
-                              "matched-table")}
+                              "matched-table", "relearn-table", "multi-table")}
 
 
 def sync_readme(readme: str | Path = "README.md") -> bool:

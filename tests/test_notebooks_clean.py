@@ -30,6 +30,8 @@ def test_name_and_stage(path):
     assert match["stage"] in stages, f"{path.name}: no stage '{match['stage']}' in dvc.yaml"
     sections = read_yaml(REPO / "params.yaml")
     assert match["stage"] in sections, f"{path.name}: no section '{match['stage']}' in params.yaml"
+    title = nbformat.read(path, as_version=4).cells[0].source.splitlines()[0]
+    assert title.startswith(f"# {path.name[:2]} · "), f"{path.name}: the title {title!r} carries another number"
 
 
 def test_numbers_are_unique():

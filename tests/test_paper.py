@@ -48,12 +48,19 @@ def generated(tmp_path) -> dict:
     verdict = [{"family": "church", "best": "doco", "runner-up": "", "intervals overlap": "",
                 "never reaches it": "advunlearn"}]
     pd.DataFrame(verdict).to_csv(gen / "matched_verdict.csv", index=False)
+    relearned = [{"concept": "church", "method": m, "erased_in_set": 0.0, "returned_at": back, "final_step": 200,
+                  "final_in_set": 0.9} for m, back in (("doco", 25), ("esd", None))]  # esd never back
+    pd.DataFrame(relearned).to_csv(gen / "relearn_table.csv", index=False)
+    many = [{"method": m, "count": n, "first_concept": "church", "first": 0.1, "erased": 0.2,
+             "retain_all_vs_base": 0.9} for m in ("doco", "esd") for n in (0, 1, 30)]
+    pd.DataFrame(many).to_csv(gen / "multi_curves.csv", index=False)
     world = {"n_concepts": 12, "judge_concept_acc": 0.99, "judge_style_acc": 1.0, "base_concept_acc": 0.9,
              "base_style_acc": 0.95, "base_oos_rate": {"church": 0.8}, "world_fid": 1.5, "pretrain_seconds": 60.0,
              "pretrain_hardware": "a CPU, 2 cores"}
     (metrics / "world.json").write_text(json.dumps(world))
     image = np.full((8, 16, 3), 200, dtype=np.uint8)
-    for name in ("asr_retention.png", "ablate.png", "tradeoff.png", "erase_grid_church.png"):
+    for name in ("asr_retention.png", "ablate.png", "tradeoff.png", "relearn.png", "multi.png",
+                 "erase_grid_church.png"):
         save_image(image, gen / name)
     params = read_yaml(REPO / "params.yaml") | {"paper": {"grids": ["church"]}}
     with (tmp_path / "params.yaml").open("w") as f:
@@ -74,7 +81,8 @@ def test_missing_inputs_are_all_named_with_the_command_that_makes_them(tmp_path)
         check_inputs(inputs)
     message = str(info.value)
     for name in ("erase.csv", "ablate_table.csv", "transfer_table.csv", "matched_table.csv", "matched_verdict.csv",
-                 "asr_retention.png", "ablate.png", "tradeoff.png"):
+                 "relearn_table.csv", "multi_curves.csv", "asr_retention.png", "ablate.png", "tradeoff.png",
+                 "relearn.png", "multi.png"):
         assert name in message
     assert "erase_grid_fish.png  (made by `dvc repro evaluate@fish`)" in message
     assert "world.json" not in message and "`dvc repro report`" in message

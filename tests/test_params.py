@@ -282,3 +282,20 @@ def test_paper_grids_are_erased_families(tmp_path, value, message):
 def test_tradeoff_section_keeps_validation_apart_from_evaluation(tmp_path, key, value, message):
     with pytest.raises(ParamsError, match=message):
         load_params(write(tmp_path, changed(committed(), key, value)))
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [("relearn.checkpoints", [0, 10, 10], "checkpoints must be increasing steps"),
+     ("relearn.checkpoints", [0], "ending above 0"),
+     ("relearn.checkpoints", [-5, 10], "increasing steps >= 0"),
+     ("relearn.returned", 0.0, r"returned must be in \(0, 1\]"),
+     ("relearn.lora_group", "conv", r"'relearn\.lora_group': expected one of"),
+     ("multi.counts", [3, 1], "counts must be increasing"),
+     ("multi.counts", [0, 3], "counts must be increasing numbers of concepts >= 1"),
+     ("multi.families", ["church", "church"], "lists church more than once"),
+     ("multi.methods", ["doco", "uce"], r"'multi\.methods\[1\]': expected one of")],
+)
+def test_relearn_and_multi_sections_refuse_bad_values(tmp_path, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, changed(committed(), key, value)))

@@ -1,5 +1,6 @@
 """The report's markdown tables, and the README's copies of them staying in sync with the pipeline's."""
 
+import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -260,3 +261,64 @@ def test_tradeoff_points_and_matched_rows(table, tmp_path):
     with pytest.raises(ValueError, match="no sweep of"):
         tradeoff_points(TradeoffParams(concepts=["church"], methods=["ca"], scales=[1.0], validation_seed=1),
                         tmp_path / "tradeoff")
+
+
+def relearn_file(tmp_path: Path, concept: str) -> None:
+    """A relearn stage file: doco back at step 10, esd never back within 20 steps."""
+    def curve(rates):
+        return [{"step": s, "seconds": float(s), "loss": None if s == 0 else 0.1, "in_set": r, "out_of_set": r / 2,
+                 "in_set_n": 40, "out_of_set_n": 32} for s, r in zip((0, 10, 20), rates)]
+
+    save_json({"concept": concept, "returned": 0.5,
+               "base": {"in_set": 1.0, "out_of_set": 0.8, "in_set_n": 40, "out_of_set_n": 32},
+               "methods": {"doco": {"erase_seconds": 9.0, "curve": curve([0.0, 0.6, 0.9]), "returned_at": 10},
+                           "esd": {"erase_seconds": 8.0, "curve": curve([0.0, 0.1, 0.4]), "returned_at": None}}},
+              tmp_path / "relearn" / f"{concept}.json")
+
+
+def test_relearn_curves_table_and_markdown(tmp_path):
+    from cdc.params import RelearnParams
+    from cdc.report import relearn_curves, relearn_markdown, relearn_table
+
+    for concept in ("church", "fish"):
+        relearn_file(tmp_path, concept)
+    params = RelearnParams(concepts=["church", "fish"], methods=["doco", "esd"], checkpoints=[0, 10, 20],
+                           returned=0.5, lr=1e-3, batch_size=8, lora_group="attn", lora_rank=4, max_grad_norm=1.0,
+                           weight_decay=0.0, seed=0)
+    curves = relearn_curves(params, tmp_path / "relearn", 0.95)
+    assert len(curves) == 2 * (1 + 2 * 3) and (curves.in_set_lo <= curves.in_set).all()
+    assert (curves.in_set <= curves.in_set_hi).all()
+    table = relearn_table(curves, params)
+    back = table.set_index(["concept", "method"]).returned_at
+    assert back[("church", "doco")] == 10 and pd.isna(back[("fish", "esd")])
+    md = relearn_markdown(table, params)
+    assert "| church | 10 | > 20 |" in md and "back at 0.5" in md
+    with pytest.raises(FileNotFoundError, match="dvc repro relearn@parachute"):
+        relearn_curves(dataclasses.replace(params, concepts=["parachute"]), tmp_path / "relearn", 0.95)
+    with pytest.raises(ValueError, match="has no run of"):
+        relearn_curves(dataclasses.replace(params, methods=["ca"]), tmp_path / "relearn", 0.95)
+
+
+def test_multi_curves_and_markdown(tmp_path):
+    from cdc.params import MultiParams
+    from cdc.report import multi_curves, multi_markdown
+
+    def row(count, erased):
+        return {"count": count, "seconds": 5.0, "erased": erased, "erased_n": 8 * count,
+                "per_concept": {"church": erased, "fish": 0.5}, "retain_all": 0.9, "retain_all_n": 48}
+
+    order = [["church", "house"], ["fish", "tropical fish"]]
+    base = {"erased": 1.0, "erased_n": 16, "per_concept": {"church": 1.0, "fish": 1.0}, "retain_all": 1.0,
+            "retain_all_n": 48}
+    for method, erased in (("doco", 0.0), ("esd", 0.25)):
+        save_json({"method": method, "order": order, "base": base, "rows": [row(1, erased), row(2, erased)]},
+                  tmp_path / "multi" / f"{method}.json")
+    params = MultiParams(counts=[1, 2], families=["church", "fish"], methods=["doco", "esd"], seed=0)
+    curves = multi_curves(params, tmp_path / "multi", 0.95)
+    assert curves["count"].tolist() == [0, 1, 2, 0, 1, 2] and (curves.first_concept == "church").all()
+    assert curves.retain_all_vs_base.tolist() == pytest.approx([1.0, 0.9, 0.9] * 2)
+    assert "| esd | 0.25 / 0.90 | 0.25 / 0.90 |" in multi_markdown(curves)
+    with pytest.raises(ValueError, match="not params.yaml's"):
+        multi_curves(dataclasses.replace(params, counts=[1, 3]), tmp_path / "multi", 0.95)
+    with pytest.raises(FileNotFoundError, match="dvc repro multi@ca"):
+        multi_curves(dataclasses.replace(params, methods=["ca"]), tmp_path / "multi", 0.95)
