@@ -17,6 +17,8 @@ from cdc.erase import MethodConfig, run_method
 from cdc.judge import JudgeNet
 from cdc.methods.lora import remove_lora
 from cdc.params import AttackParams, EvaluateParams, SampleParams
+from cdc.sampler import sample
+from cdc.world.captions import CANONICAL_STYLE, canonical_prompt
 from cdc.world.data import World
 
 Scorer = Callable[[ModelBundle], dict]
@@ -59,3 +61,33 @@ def run_arm(bundle: ModelBundle, method: str, cfg: MethodConfig, pairs: Pairs, s
     fired = [h["surgery_fired"] for h in history if h.get("surgery_fired") is not None]
     # No peak memory: the process peak grows over runs (the erase stage records one per fresh process).
     return row | {"seconds": round(seconds, 1), "surgery_fired": float(np.mean(fired)) if fired else None}, history
+
+
+def reanchored(bundle: ModelBundle, world: World, pairs: Pairs, samples: dict[str, np.ndarray], anchor: str,
+               sampler: SampleParams, seed: int, *, progress: bool = True) -> tuple[Pairs, dict[str, np.ndarray]]:
+    """An anchor arm's data: each pair's anchor prompt replaced by `anchor` (a world concept in the pair's style;
+    "" the empty prompt) and the base model's images of it, drawn for the same pairs and seeds (seed, seed + 1,
+    ...) as the anchors stage draws the family's anchor; the target side is kept.
+
+    Only an object family has an anchor concept to swap (a style family's anchor is a style).
+    """
+    if pairs.family not in world.targets:
+        raise KeyError(f"{pairs.family!r} is not a concept family of the world")
+    family = world.targets[pairs.family]
+    if family["kind"] == "style":
+        raise ValueError(f"{pairs.family!r} is a style family: its anchor is a style, not a concept to swap")
+    if anchor and anchor not in world.keys:
+        raise KeyError(f"unknown anchor concept {anchor!r}: not a concept of the world")
+    if anchor in family["members"]:
+        raise ValueError(f"anchor {anchor!r} is a member of {pairs.family!r}: the erasure would teach the target")
+    styles = []
+    for prompt in pairs.anchor_prompts:  # the family's anchor, canonical, in the pair's style
+        match = [s for s, suffix in CANONICAL_STYLE.items() if prompt.endswith(suffix)]
+        if len(match) != 1:
+            raise ValueError(f"anchor prompt {prompt!r} names no one style of the world")
+        styles.append(match[0])
+    prompts = [canonical_prompt(anchor, s) if anchor else "" for s in styles]
+    index = samples["anchor_index"]
+    images = sample(bundle, [prompts[i] for i in index], [seed + j for j in range(len(index))], sampler,
+                    progress=progress)
+    return Pairs(pairs.family, list(pairs.target_prompts), prompts), samples | {"anchor_images": images}

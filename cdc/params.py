@@ -341,6 +341,7 @@ class ArmParams(Checked):
     set: str  # space-separated key=value overrides of erase.<method>, checked like params.yaml
     label: str  # what the arm changes, as the table and figure name it
     attack: bool  # also attack the arm as the attack stage does (the ASR columns)
+    anchor: str | None  # None: the family's anchor; a world concept, or "" for the empty prompt (DoCo and CA)
 
 
 @dataclass(frozen=True)
@@ -512,7 +513,13 @@ class Params:
 
 
 def arm_config(erase: EraseParams, arm: ArmParams, where: str = "ablate.arm") -> Any:
-    """The method config an ablation arm trains with: erase.<method> with the arm's overrides."""
+    """The method config an ablation arm trains with: erase.<method> with the arm's overrides (an arm that changes
+    the anchor may change nothing else)."""
+    if arm.anchor is not None:
+        if arm.method not in ("doco", "ca"):
+            raise ParamsError(f"'{where}.anchor': {arm.method} learns from no anchor (only doco and ca do)")
+        return with_overrides(getattr(erase, arm.method), arm.set, f"{where}.set") if arm.set.strip() \
+            else getattr(erase, arm.method)
     if not arm.set.strip():
         raise ParamsError(f"'{where}.set' is empty: an arm must change something (the method's own row is the "
                           "reference)")

@@ -137,6 +137,7 @@ def test_nan_loss_stops_and_nothing_is_saved(tiny_world_bundle, tmp_path, smoke_
         ([], [], "empty"),
         (TARGETS, ANCHORS[:1], "pair one to one"),
         (["a church", ""], ANCHORS, "empty prompts"),
+        (TARGETS, [None] * len(TARGETS), "a list of prompts"),
         ("a church", "a house", "not one string"),
     ],
 )
@@ -146,6 +147,15 @@ def test_bad_prompts_are_rejected(targets, anchors, match, tiny_world_bundle, sm
         with pytest.raises(ValueError, match=match):
             train(tiny_world_bundle, targets, anchors, lat, cfg, progress=False)
     assert not getattr(tiny_world_bundle.unet, "peft_config", None)  # rejected before any change
+
+
+def test_the_empty_prompt_is_an_anchor(tiny_world_bundle, smoke_params, one_thread):
+    """Mapping the target onto the unconditional images (an anchor arm) trains like any other anchor."""
+    lat = random_latents(tiny_world_bundle)
+    for train, cfg in ((train_doco, _cfg(smoke_params, "doco")), (train_ca, _cfg(smoke_params, "ca"))):
+        bundle = fresh(tiny_world_bundle)
+        _, history = train(bundle, TARGETS, [""] * len(TARGETS), lat, cfg, progress=False)
+        assert history and getattr(bundle.unet, "peft_config", None)
 
 
 def test_bad_latents_and_config_are_rejected(tiny_world_bundle, smoke_params):

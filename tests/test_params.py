@@ -9,7 +9,16 @@ from typing import Any, Literal
 import pytest
 
 from cdc.errors import ParamsError
-from cdc.params import Params, from_dict, load_params, load_section, parse_yaml, read_yaml, with_overrides
+from cdc.params import (
+    Params,
+    arm_config,
+    from_dict,
+    load_params,
+    load_section,
+    parse_yaml,
+    read_yaml,
+    with_overrides,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 NAN = "__nan__"  # stands for YAML's .nan, which JSON cannot write
@@ -231,17 +240,25 @@ def test_smoke_params_file_loads(smoke_params_path, smoke_params):
     [(("doco", "lamda=1"), r"unknown key 'ablate\.arms\.bad\.set\.lamda'"),
      (("dooc", "lam=1"), r"'ablate\.arms\.bad\.method': expected one of"),
      (("doco", "lam=-1"), r"lam must be >= 0"),
-     (("doco", " "), r"'ablate\.arms\.bad\.set' is empty")],
+     (("doco", " "), r"'ablate\.arms\.bad\.set' is empty"),
+     (("esd", "", ""), r"'ablate\.arms\.bad\.anchor': esd learns from no anchor"),
+     (("doco", "lamda=1", "watermelon"), r"unknown key 'ablate\.arms\.bad\.set\.lamda'")],
 )
 def test_ablation_arms_are_checked_when_params_load(tmp_path, arm, message):
-    spec = {"method": arm[0], "set": arm[1], "label": "x", "attack": False}
+    spec = {"method": arm[0], "set": arm[1], "label": "x", "attack": False, "anchor": (arm + (None,))[2]}
     data = changed(committed(), "ablate.arms", {"bad": spec})
     with pytest.raises(ParamsError, match=message):
         load_params(write(tmp_path, data))
 
 
+def test_an_anchor_arm_may_change_nothing_else(tmp_path):
+    arm = {"method": "ca", "set": "", "label": "x", "attack": False, "anchor": ""}
+    params = load_params(write(tmp_path, changed(committed(), "ablate.arms", {"ca_empty": arm})))
+    assert arm_config(params.erase, params.ablate.arms["ca_empty"]) == params.erase.ca
+
+
 def test_ablation_arm_names_are_slugs(tmp_path):
-    arm = {"method": "doco", "set": "lam=1", "label": "x", "attack": False}
+    arm = {"method": "doco", "set": "lam=1", "label": "x", "attack": False, "anchor": None}
     with pytest.raises(ParamsError, match="arm names are lower-case slugs"):
         load_params(write(tmp_path, changed(committed(), "ablate.arms", {"Lam 1": arm})))
     with pytest.raises(ParamsError, match=r"'ablate\.arms': expected a mapping"):

@@ -153,7 +153,8 @@ def test_readme_tables_in_sync():
 
 def ablate_params(**arms) -> AblateParams:
     """An ablate section with the given arms (name -> (method, set, attack))."""
-    return AblateParams(concepts=["church"], arms={n: ArmParams(method=m, set=s, label=f"{n} arm", attack=a)
+    return AblateParams(concepts=["church"], arms={n: ArmParams(method=m, set=s, label=f"{n} arm", attack=a,
+                                                                    anchor=None)
                                                    for n, (m, s, a) in arms.items()})
 
 

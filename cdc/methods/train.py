@@ -34,9 +34,12 @@ def check_prompts(prompts: Sequence[str], what: str) -> list[str]:
 
 
 def check_pairs(target_prompts: Sequence[str], anchor_prompts: Sequence[str]) -> tuple[list[str], list[str]]:
-    """Target prompt i is paired with anchor prompt i; they must differ (else nothing is erased)."""
+    """Target prompt i is paired with anchor prompt i; they must differ (else nothing is erased). An anchor may be
+    the empty prompt: the target is then mapped onto the model's unconditional images."""
     targets = check_prompts(target_prompts, "target_prompts")
-    anchors = check_prompts(anchor_prompts, "anchor_prompts")
+    if isinstance(anchor_prompts, str) or not all(isinstance(a, str) for a in anchor_prompts):
+        raise ValueError("anchor_prompts must be a list of prompts")
+    anchors = list(anchor_prompts)
     if len(targets) != len(anchors):
         raise ValueError(f"target_prompts ({len(targets)}) and anchor_prompts ({len(anchors)}) must pair one to one")
     same = [i for i, (a, b) in enumerate(zip(targets, anchors)) if a.strip().lower() == b.strip().lower()]
