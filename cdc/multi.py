@@ -53,16 +53,32 @@ def erase_order(world: World, families: Sequence[str], n: int, exclude: Sequence
     return pairs
 
 
-def concept_pairs(world: World, erased: Sequence[tuple[str, str]]) -> Pairs:
+def concept_pairs(world: World, erased: Sequence[tuple[str, str]]) -> tuple[Pairs, np.ndarray]:
     """Training pairs of several concepts: each phrase of each concept's captions x style -> its anchor's name
-    in the same style (`cdc.anchors.erase_pairs` with phrases "all", for any world concept)."""
-    targets, anchors = [], []
-    for key, anchor in erased:
+    in the same style (`cdc.anchors.erase_pairs` with phrases "all", for any world concept), and which concept
+    each pair erases, (P,) positions in `erased`."""
+    targets, anchors, owner = [], [], []
+    for i, (key, anchor) in enumerate(erased):
         for phrase in dict.fromkeys(world.concepts[world.index(key)]["phrases"]):
             for style in world.styles:
                 targets.append(canonical_prompt(phrase, style))
                 anchors.append(canonical_prompt(anchor, style))
-    return Pairs("+".join(k for k, _ in erased), targets, anchors)
+                owner.append(i)
+    return Pairs("+".join(k for k, _ in erased), targets, anchors), np.asarray(owner, dtype=np.int64)
+
+
+def balanced(samples: dict[str, np.ndarray], owner: np.ndarray) -> dict[str, np.ndarray]:
+    """`samples` with each concept's images repeated (cyclically) to as many as the concept with most, so a run
+    that draws images uniformly gives every erased concept the same share of its updates: a concept with many
+    phrases (the church has 22) would otherwise take most of them. owner: (P,) concept of each pair."""
+    out = {}
+    for side in ("anchor", "target"):
+        concept = owner[samples[f"{side}_index"]]  # (N,) concept of each image
+        groups = [np.flatnonzero(concept == c) for c in np.unique(concept)]
+        longest = max(len(g) for g in groups)
+        keep = np.concatenate([np.resize(g, longest) for g in groups])
+        out |= {f"{side}_images": samples[f"{side}_images"][keep], f"{side}_index": samples[f"{side}_index"][keep]}
+    return out
 
 
 def pair_samples(bundle: ModelBundle, pairs: Pairs, per_prompt: int, sampler: SampleParams, seed: int,
@@ -101,18 +117,20 @@ def first_pairs(pairs: Pairs, samples: dict[str, np.ndarray], n: int) -> tuple[P
 def erase_many(bundle: ModelBundle, method: str, cfg: MethodConfig, world: World, order: Sequence[tuple[str, str]],
                counts: Sequence[int], samples: dict[str, np.ndarray], score: Callable[[ModelBundle, list[str]], dict],
                *, progress: bool = True) -> list[dict]:
-    """Erase the first n concepts of `order` in one run for each n of `counts`, and score each erased model with
-    score(model, erased keys); `samples` are `pair_samples` of all of `order`. `bundle` is left as it was.
+    """Erase the first n concepts of `order` in one run for each n of `counts` (every concept given the same share
+    of the updates, `balanced`), and score each erased model with score(model, erased keys); `samples` are
+    `pair_samples` of all of `order`. `bundle` is left as it was.
 
     Returns one row per count: {"count", "concepts", "pairs", "seconds" (training), **score}.
     """
-    full = concept_pairs(world, order)
+    full, owner = concept_pairs(world, order)
     rows = []
     for n in counts:
-        pairs = concept_pairs(world, order[:n])
+        pairs, _ = concept_pairs(world, order[:n])
         if full.target_prompts[: len(pairs.target_prompts)] != pairs.target_prompts:
             raise AssertionError("the pairs of a nested erased set must be a prefix of the full set's")
         pairs, mine = first_pairs(full, samples, len(pairs.target_prompts))
+        mine = balanced(mine, owner[: len(pairs.target_prompts)])
         start = time.perf_counter()
         try:
             erased, _ = run_method(bundle, method, pairs, mine, cfg, progress=progress)

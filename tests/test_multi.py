@@ -12,7 +12,7 @@ from helpers import fresh
 
 from cdc.judge import JudgeNet
 from cdc.methods.lora import tuner_layers
-from cdc.multi import concept_pairs, erase_many, erase_order, first_pairs, multi_row, pair_samples
+from cdc.multi import balanced, concept_pairs, erase_many, erase_order, first_pairs, multi_row, pair_samples
 from cdc.params import read_yaml
 from cdc.world.build import build_world
 
@@ -55,9 +55,10 @@ def test_erase_order_is_nested_and_never_erases_an_anchor(big_world):
 
 def test_concept_pairs_put_every_phrase_in_every_style_onto_its_anchor(big_world):
     order = erase_order(big_world, FAMILIES, 5, [], seed=0)
-    pairs = concept_pairs(big_world, order)
-    small = concept_pairs(big_world, order[:2])
+    pairs, owner = concept_pairs(big_world, order)
+    small, _ = concept_pairs(big_world, order[:2])
     assert pairs.target_prompts[: len(small.target_prompts)] == small.target_prompts  # nested sets nest their pairs
+    assert owner.tolist() == sorted(owner.tolist()) and set(owner.tolist()) == set(range(5))
     for target, anchor in zip(pairs.target_prompts, pairs.anchor_prompts):
         assert target != anchor and target.split(", ")[1] == anchor.split(", ")[1]  # the same style
     church = [t for t, a in zip(pairs.target_prompts, pairs.anchor_prompts) if a == "a house, twemoji style"]
@@ -67,7 +68,7 @@ def test_concept_pairs_put_every_phrase_in_every_style_onto_its_anchor(big_world
 
 def test_pair_samples_and_first_pairs_keep_images_with_their_pairs(tiny_world_bundle, big_world, smoke_params,
                                                                   one_thread):
-    pairs = concept_pairs(big_world, erase_order(big_world, FAMILIES, 2, [], seed=0))
+    pairs, _ = concept_pairs(big_world, erase_order(big_world, FAMILIES, 2, [], seed=0))
     sampler = dataclasses.replace(smoke_params.sample, steps=2)
     samples = pair_samples(tiny_world_bundle, pairs, 2, sampler, seed=0, progress=False)
     n = len(pairs.target_prompts)
@@ -82,7 +83,7 @@ def test_erase_many_trains_one_run_per_count_and_scores_its_concepts(tiny_world_
                                                                     one_thread):
     bundle = fresh(tiny_world_bundle)
     order = erase_order(big_world, FAMILIES, 4, [], seed=0)
-    n_pairs = len(concept_pairs(big_world, order).target_prompts)
+    n_pairs = len(concept_pairs(big_world, order)[0].target_prompts)
     images = np.random.default_rng(0).integers(0, 256, (n_pairs, 32, 32, 3), dtype=np.uint8)
     index = np.arange(n_pairs)
     samples = {"anchor_images": images, "anchor_index": index, "target_images": images, "target_index": index}
@@ -107,3 +108,17 @@ def test_multi_row_rates_each_erased_concept(tiny_world_bundle, big_world, smoke
     assert set(row["per_concept"]) == {"church", "fish"} and row["erased_n"] == 2 * per_style
     assert row["erased"] == pytest.approx(np.mean(list(row["per_concept"].values())))
     assert 0 <= row["retain_all"] <= 1 and row["retain_all_n"] == smoke_params.evaluate.retain_images * 2
+
+
+def test_balanced_gives_every_concept_as_many_images():
+    owner = np.array([0, 0, 0, 1])  # concept 0 has three pairs, concept 1 one
+    index = np.repeat(np.arange(4), 2)  # two images per pair
+    images = np.arange(8)[:, None, None, None] * np.ones((8, 2, 2, 3), dtype=np.uint8)
+    samples = {"anchor_images": images, "anchor_index": index, "target_images": images + 100, "target_index": index}
+    out = balanced(samples, owner)
+    for side in ("anchor", "target"):
+        concept = owner[out[f"{side}_index"]]
+        assert (concept == 0).sum() == (concept == 1).sum() == 6
+        kept = out[f"{side}_images"][:, 0, 0, 0] - (100 if side == "target" else 0)
+        assert np.array_equal(index[kept], out[f"{side}_index"])  # each image stays with its pair
+    assert set(out["anchor_images"][:, 0, 0, 0].tolist()) == set(range(8))  # nothing dropped
