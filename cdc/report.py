@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from math import nan
 from pathlib import Path
 
 import pandas as pd
@@ -280,12 +281,14 @@ def multi_curves(multi: MultiParams, multi_dir: str | Path, confidence: float) -
                              f"params.yaml's {multi.counts}: run `dvc repro -f multi@{method}`")
         first = run["order"][0][0]
         base = run["base"]
-        for r in [{"count": 0, "concepts": [k for k, _ in run["order"]], "seconds": 0.0} | base, *run["rows"]]:
+        for r in [base | {"count": 0, "concepts": [k for k, _ in run["order"]], "seconds": 0.0}, *run["rows"]]:
             # The base row's "erased" is over every concept of the longest list; each count's over its own.
             rows.append({"method": method, "count": r["count"], "first_concept": first,
                          "first": r["per_concept"][first],
                          "erased": r["erased"], "erased_n": r["erased_n"], "retain_all": r["retain_all"],
-                         "retain_all_n": r["retain_all_n"], "retain_all_vs_base": r["retain_all"] / base["retain_all"],
+                         "retain_all_n": r["retain_all_n"],
+                         # An untrained model keeps nothing to compare with: no ratio, rather than a crash.
+                         "retain_all_vs_base": r["retain_all"] / base["retain_all"] if base["retain_all"] else nan,
                          "seconds": r["seconds"]})
     curves = pd.DataFrame(rows)
     for rate in ("erased", "retain_all"):
@@ -301,7 +304,8 @@ def multi_markdown(curves: pd.DataFrame) -> str:
     rows = []
     for method, g in curves.groupby("method", sort=False):
         g = g.set_index("count")
-        rows.append([method, *[f"{g.erased[n]:.2f} / {g.retain_all_vs_base[n]:.2f}" for n in counts]])
+        rows.append([method, *[f"{g.erased[n]:.2f} / " + ("-" if pd.isna(g.retain_all_vs_base[n]) else
+                                                          f"{g.retain_all_vs_base[n]:.2f}") for n in counts]])
     note = ("\nEach cell: how often the erased concepts are still drawn on their canonical prompts (0 is complete "
             "erasure) / the retained concepts' accuracy as a fraction of the base model's, for one run erasing that "
             "many concepts with the erase stage's config (13_multi).\n")

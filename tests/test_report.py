@@ -323,3 +323,17 @@ def test_multi_curves_and_markdown(tmp_path):
         multi_curves(dataclasses.replace(params, counts=[1, 3]), tmp_path / "multi", 0.95)
     with pytest.raises(FileNotFoundError, match="dvc repro multi@ca"):
         multi_curves(dataclasses.replace(params, methods=["ca"]), tmp_path / "multi", 0.95)
+
+
+def test_multi_curves_survive_a_base_model_that_keeps_nothing(tmp_path):
+    from cdc.params import MultiParams
+    from cdc.report import multi_curves, multi_markdown
+
+    row = {"count": 1, "seconds": 1.0, "erased": 0.0, "erased_n": 8, "per_concept": {"church": 0.0},
+           "retain_all": 0.0, "retain_all_n": 8}
+    base = row | {"erased": 1.0, "per_concept": {"church": 1.0}}
+    save_json({"method": "doco", "order": [["church", "house"]], "base": base, "rows": [row]},
+              tmp_path / "multi" / "doco.json")
+    curves = multi_curves(MultiParams(counts=[1], families=["church"], methods=["doco"], seed=0), tmp_path / "multi",
+                          0.95)
+    assert curves.retain_all_vs_base.isna().all() and "| doco | 0.00 / - |" in multi_markdown(curves)
