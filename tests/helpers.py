@@ -32,8 +32,8 @@ def teach(bundle: ModelBundle, prompts: list[str], latents: torch.Tensor, steps:
     torch.set_num_threads(1)  # module fixtures start before the function-scoped `one_thread`
     ctx = bundle.text.encode(prompts)  # (N, L, D)
     gen = torch.Generator().manual_seed(seed)
+    bundle.unet.train().requires_grad_(True)  # a shared fixture's UNet may have been frozen by a LoRA method
     opt = torch.optim.Adam(bundle.unet.parameters(), lr=3e-3)
-    bundle.unet.train()
     for _ in range(steps):
         x_t, noise, t = noisy_latents(bundle.scheduler, latents, gen)
         loss = mse(unet_pred(bundle.unet, x_t, t, ctx), target_for(bundle.scheduler, latents, noise, t))
