@@ -262,9 +262,11 @@ def relearn_markdown(table: pd.DataFrame, relearn: RelearnParams) -> str:
     wide = table.pivot(index="concept", columns="method", values="returned_at").reindex(
         index=list(dict.fromkeys(table.concept)), columns=methods)
     last = int(table.final_step.max())
-    rows = [[c, *[f"> {last}" if pd.isna(v) else f"{int(v)}" for v in wide.loc[c]]] for c in wide.index]
+    rows = [[c, *["not erased" if v == 0 else f"> {last}" if pd.isna(v) else f"{int(v)}" for v in wide.loc[c]]]
+            for c in wide.index]
     note = (f"\nFine-tuning steps until the family's in-set rate is back at {relearn.returned:g} or above (the "
-            f"first of params.yaml `relearn.checkpoints` that reaches it; > {last}: not within the fine-tune). "
+            f"first of params.yaml `relearn.checkpoints` that reaches it; > {last}: not within the fine-tune; not "
+            "erased: the erased model drew it that often before any fine-tuning). "
             "Every erased model is fine-tuned the same way on the base model's own images of the family "
             "(12_relearn).\n")
     return _md_rows(["family", *methods], rows, n_text=1) + note

@@ -48,8 +48,9 @@ def generated(tmp_path) -> dict:
     verdict = [{"family": "church", "best": "doco", "runner-up": "", "intervals overlap": "",
                 "never reaches it": "advunlearn"}]
     pd.DataFrame(verdict).to_csv(gen / "matched_verdict.csv", index=False)
+    # doco back after 25 steps, esd never back, ca never erased
     relearned = [{"concept": "church", "method": m, "erased_in_set": 0.0, "returned_at": back, "final_step": 200,
-                  "final_in_set": 0.9} for m, back in (("doco", 25), ("esd", None))]  # esd never back
+                  "final_in_set": 0.9} for m, back in (("doco", 25), ("esd", None), ("ca", 0))]
     pd.DataFrame(relearned).to_csv(gen / "relearn_table.csv", index=False)
     many = [{"method": m, "count": n, "first_concept": "church", "first": 0.1, "erased": 0.2,
              "retain_all_vs_base": 0.9} for m in ("doco", "esd") for n in (0, 1, 30)]

@@ -294,6 +294,8 @@ def test_relearn_curves_table_and_markdown(tmp_path):
     assert back[("church", "doco")] == 10 and pd.isna(back[("fish", "esd")])
     md = relearn_markdown(table, params)
     assert "| church | 10 | > 20 |" in md and "back at 0.5" in md
+    undone = relearn_table(curves.assign(in_set=curves.in_set.where(curves.step != 0, 0.8)), params)
+    assert "| church | not erased | not erased |" in relearn_markdown(undone, params)  # drawn before any fine-tune
     with pytest.raises(FileNotFoundError, match="dvc repro relearn@parachute"):
         relearn_curves(dataclasses.replace(params, concepts=["parachute"]), tmp_path / "relearn", 0.95)
     with pytest.raises(ValueError, match="has no run of"):
