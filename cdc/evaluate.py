@@ -99,6 +99,21 @@ def fid_against_world(
     return world_fid(judge, world.images[pick], drawn.images)
 
 
+def erasure_rates(
+    bundle: ModelBundle, judge: JudgeNet, world: World, family: str, in_set: list[str], cfg: EvaluateParams,
+    sampler: SampleParams, *, unet: nn.Module | None = None, progress: bool = True,
+) -> tuple[dict, dict[str, Drawn]]:
+    """The erasure columns of a table row: how often the family is drawn on its in-set and out-of-set prompts,
+    each with its image count (`<rate>_n`, for the report's binomial interval)."""
+    run = dict(unet=unet, progress=progress)
+    # (94 weapon phrases x 4 seeds would be most of the evaluation; 1 seed each still gives 94 images.)
+    n_in = max(1, min(cfg.images_per_prompt, cfg.in_set_images // len(in_set)))
+    drawn = {"in_set": draw(bundle, judge, in_set, n_in, sampler, **run),
+             "out_of_set": draw(bundle, judge, world.out_of_set[family], cfg.images_per_prompt, sampler, **run)}
+    row = {k: float(family_hits(world, family, d).mean()) for k, d in drawn.items()}
+    return row | {f"{k}_n": len(d.prompts) for k, d in drawn.items()}, drawn
+
+
 def erasure_row(
     bundle: ModelBundle, judge: JudgeNet, world: World, family: str, in_set: list[str], probe: list[str],
     retain: list[str], cfg: EvaluateParams, sampler: SampleParams, *, unet: nn.Module | None = None,
@@ -113,13 +128,7 @@ def erasure_row(
     the neighbours are the probe objects drawn in the anchor style (concept and style must survive).
     """
     run = dict(unet=unet, progress=progress)
-    # (94 weapon phrases x 4 seeds would be most of the evaluation; 1 seed each still gives 94 images.)
-    n_in = max(1, min(cfg.images_per_prompt, cfg.in_set_images // len(in_set)))
-    drawn = {"in_set": draw(bundle, judge, in_set, n_in, sampler, **run),
-             "out_of_set": draw(bundle, judge, world.out_of_set[family], cfg.images_per_prompt, sampler, **run)}
-    row = {k: float(family_hits(world, family, d).mean()) for k, d in drawn.items()}
-    # Each rate's image count, so the report can put a binomial interval on it.
-    row |= {f"{k}_n": len(d.prompts) for k, d in drawn.items()}
+    row, drawn = erasure_rates(bundle, judge, world, family, in_set, cfg, sampler, **run)
     fam = world.targets[family]
     if fam["kind"] == "style":
         anchor = world.styles.index(fam["anchor"])

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Sequence
 
@@ -48,15 +47,10 @@ def merged_unet(unet: nn.Module) -> nn.Module:
 def concept_rates(judge: JudgeNet, world: World, family: str, in_set: list[str], cfg: EvaluateParams,
                   sampler: SampleParams) -> Rates:
     """model -> how often the judge sees the family on its in-set and out-of-set prompts, drawn with the
-    erase table's images and seeds (`cdc.evaluate.erasure_row`'s first two columns, without the rest)."""
-    draw = functools.partial(ev.draw, judge=judge, sampler=sampler, progress=False)
-    n_in = max(1, min(cfg.images_per_prompt, cfg.in_set_images // len(in_set)))
+    erase table's images and seeds (`cdc.evaluate.erasure_rates`, the first two columns of its rows)."""
 
     def rates(model: ModelBundle) -> dict:
-        drawn = {"in_set": draw(model, prompts=in_set, n_images=n_in),
-                 "out_of_set": draw(model, prompts=world.out_of_set[family], n_images=cfg.images_per_prompt)}
-        row = {k: float(ev.family_hits(world, family, d).mean()) for k, d in drawn.items()}
-        return row | {f"{k}_n": len(d.prompts) for k, d in drawn.items()}
+        return ev.erasure_rates(model, judge, world, family, in_set, cfg, sampler, progress=False)[0]
 
     return rates
 
