@@ -9,13 +9,15 @@ Four variants run through the project's own code, with the same LoRA group and r
   plain        `plain_lora_step` below: one LoRA denoising (MSE) step on B rows
   doco-warmup  `train_doco` with every step a warm-up step (discriminator only)
   doco-full    `train_doco` with no warm-up: generator + discriminator + gradient surgery
-  plain-2b     reference: the plain step on 2B rows, as many rows as a full DoCo step trains on
+  plain-2b     the plain step on 2B rows, as many rows as a full DoCo step trains on
+  frozen-b     the frozen model's no-grad forward on B rows, which a full DoCo step adds to its 2B rows
 
 Each timed run adds a fresh LoRA, runs `--burn-in` untimed steps and then `--steps` timed ones;
 runs are interleaved (ABCD DCBA ABCD ...) over `--repeats` rounds so slow drift of the machine hits every
 variant alike. DoCo's per-step times come from `train_doco`'s own history clock (setup such as
 adding the LoRA, building the discriminator and encoding prompts is excluded, as it is for plain).
-The reported ratio is median(doco-full step) / median(plain step); the aim is <= 1.5x.
+The reported ratio is median(doco-full step) / median(plain-2b step); the aim is <= 1.2x. Its floor is
+(plain-2b + frozen-b) / plain-2b: what DoCo's algorithm computes beyond training 2B rows, with nothing else.
 
 Every step draws B rows (with replacement, as `train_doco` does) from ONE fixed set of B anchor
 latents and B target/anchor prompt pairs; noise and timesteps come from the same seeded generator
@@ -49,7 +51,7 @@ from cdc.codec import SpaceToDepthCodec
 from cdc.io import save_json
 from cdc.methods.config import DocoConfig
 from cdc.methods.doco import train_doco
-from cdc.methods.lora import GROUPS, add_lora, lora_parameters, remove_lora
+from cdc.methods.lora import GROUPS, add_lora, base_model, lora_parameters, remove_lora, tuner_layers
 from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import MODES, clip_grads
 from cdc.methods.train import apply_step, grads_of, make_generator, make_optimizer, paired_data
@@ -57,15 +59,16 @@ from cdc.params import Params, load_params
 from cdc.pretrain import world_unet_from_params
 from cdc.text import MiniLMEncoder
 
-VARIANTS = ("plain", "doco-warmup", "doco-full", "plain-2b")
+VARIANTS = ("plain", "doco-warmup", "doco-full", "plain-2b", "frozen-b")
 LABELS = {
     "plain": "plain LoRA step",
     "plain-2b": "plain LoRA step, 2B rows",
     "doco-warmup": "DoCo warm-up (D only)",
     "doco-full": "DoCo full (G+D+surgery)",
+    "frozen-b": "frozen forward, B rows",
 }
-TARGET_RATIO = 1.5  # the aim: a DoCo step costs at most 1.5 plain LoRA steps
-TARGET_ERASE_SECONDS = 180.0  # the aim: one DoCo erase on the world in <= 3 minutes on 2 CPU cores
+TARGET_RATIO = 1.2  # the aim: a DoCo step costs at most 1.2 plain LoRA steps on the same 2B rows
+TARGET_ERASE_SECONDS = 45.0  # the aim: one DoCo erase on the world in <= 45 s on 2 CPU cores
 TEMPLATES = ("{}", "an emoji of {}", "{} icon", "a picture of {}")
 TARGET, ANCHOR = "a church", "a house"
 LATENT_NOTE = "anchor latents are random N(0,1) tensors of the UNet input shape (step cost does not depend on content)"
@@ -193,7 +196,29 @@ def time_doco(bundle, latents, targets, anchors, cfg: DocoConfig, total: int, wa
     return [b - a for a, b in zip([0.0, *clock[:-1]], clock)]
 
 
+def time_frozen(bundle, latents, targets, cfg: DocoConfig, total: int) -> list[float]:
+    """Seconds of each of `total` no-grad forwards of the frozen model (LoRA off) on B rows: the call a full DoCo
+    step makes beyond its 2B trained rows (D's "real" x̂0), so plain-2b + frozen-b is the floor of a DoCo step."""
+    unet = bundle.unet
+    data = paired_data(bundle, latents, torch.arange(latents.shape[0]), targets)
+    add_lora(unet, cfg.lora_group, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
+    try:
+        layers, gen, times = tuner_layers(unet), make_generator(cfg.seed), []
+        for _ in range(total):
+            start = time.perf_counter()
+            x0, ctx = data.batch(cfg.batch_size, gen)
+            x_t, _, t = noisy_latents(bundle.scheduler, x0, gen)
+            with torch.no_grad(), base_model(unet, layers):
+                float(unet_pred(unet, x_t, t, ctx).sum())  # a float, so the call has finished
+            times.append(time.perf_counter() - start)
+        return times
+    finally:
+        remove_lora(unet)
+
+
 def run_variant(name: str, bundle, latents, targets, anchors, cfg: DocoConfig, total: int) -> list[float]:
+    if name == "frozen-b":
+        return time_frozen(bundle, latents, targets, cfg, total)
     if name.startswith("plain"):
         rows = 2 * cfg.batch_size if name == "plain-2b" else cfg.batch_size
         return time_plain(bundle, latents, targets, cfg, total, rows)
@@ -301,6 +326,7 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
     ratio = results["doco-full"]["median_s"] / plain
     ratio_warmup = results["doco-warmup"]["median_s"] / plain
     ratio_2b = results["doco-full"]["median_s"] / results["plain-2b"]["median_s"]
+    floor_2b = 1 + results["frozen-b"]["median_s"] / results["plain-2b"]["median_s"]
     per_round = [statistics.median(f) / statistics.median(p) for f, p in zip(rounds["doco-full"], rounds["plain"])]
 
     mem = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
@@ -312,15 +338,16 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
             f"  {LABELS[v]:<26}{s['median_s']:>14.4f}{s['min_s']:>9.4f}{s['max_s']:>9.4f}"
             f"{s['peak_rss_mb']:>14.0f}{s['median_s'] / plain:>9.2f}"
         )
-    verdict = "meets" if ratio <= TARGET_RATIO else "MISSES"
+    verdict = "meets" if ratio_2b <= TARGET_RATIO else "MISSES"
     log("")
     log(
-        f"ratio doco_step / plain_step = {ratio:.2f}x ({verdict} the <= {TARGET_RATIO}x aim; "
-        f"per round {', '.join(f'{x:.2f}' for x in per_round)}); warm-up step / plain step = {ratio_warmup:.2f}x"
+        f"ratio doco_step / plain_step_on_2B_rows = {ratio_2b:.2f}x ({verdict} the <= {TARGET_RATIO}x aim; a full "
+        f"DoCo step trains on B target + B prior rows and also runs the frozen model on B rows); its floor, "
+        f"(plain 2B + frozen B) / plain 2B = {floor_2b:.2f}x"
     )
     log(
-        f"reference: doco_step / plain_step_on_2B_rows = {ratio_2b:.2f}x (a full DoCo step trains on B target "
-        "+ B prior rows and also runs the frozen model on B rows)"
+        f"doco_step / plain_step (B rows) = {ratio:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round)}); "
+        f"warm-up step / plain step = {ratio_warmup:.2f}x"
     )
     if kind != "model":
         log("NOTE: random weights: timings only; report the ones measured on the trained data/models/world.")
@@ -348,8 +375,9 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
         "ratio_per_round": per_round,
         "ratio_warmup": ratio_warmup,
         "ratio_vs_plain_2b": ratio_2b,
-        "target_ratio": TARGET_RATIO,
-        "meets_target": ratio <= TARGET_RATIO,
+        "floor_vs_plain_2b": floor_2b,
+        "target_ratio_vs_plain_2b": TARGET_RATIO,
+        "meets_target": ratio_2b <= TARGET_RATIO,
         "full_erase": full,
         "torch": torch.__version__,
         "python": platform.python_version(),

@@ -17,10 +17,12 @@ from types import ModuleType
 
 import pytest
 
+from cdc.errors import ParamsError
+
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-KEPT = ("advunlearn_speed", "erase_speed", "erase_sweep", "pretrain_speed", "sample_speed", "sd_speed", "stage_times",
-        "sweep_summary")
+KEPT = ("advunlearn_speed", "erase_speed", "erase_sweep", "evaluate_speed", "pretrain_speed", "sample_speed",
+        "sd_speed", "stage_times", "sweep_summary")
 
 
 def load_script(name: str) -> ModuleType:
@@ -56,8 +58,10 @@ def test_erase_speed_prints_the_ratio_and_writes_json(erase_speed, smoke_params,
     printed = capsys.readouterr().out
 
     assert result["weights"] == "random-world" and "RANDOM-WEIGHT" in printed and "random N(0,1)" in printed
-    assert "ratio doco_step / plain_step =" in printed and "full DoCo erase" in printed
+    assert "ratio doco_step / plain_step_on_2B_rows =" in printed and "full DoCo erase" in printed
     assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    # The floor adds the frozen forward to a 2B step, so it is above 1 (the measured ratio is noise at this size).
+    assert result["floor_vs_plain_2b"] > 1 and math.isfinite(result["ratio_vs_plain_2b"])
     for name in erase_speed.VARIANTS:
         stats = result["results"][name]
         assert stats["n_steps"] == 2 and stats["median_s"] > 0 and stats["peak_rss_mb"] > 0
@@ -69,7 +73,7 @@ def test_erase_speed_prints_the_ratio_and_writes_json(erase_speed, smoke_params,
 
     saved = json.loads(out_json.read_text())
     assert saved["ratio"] == pytest.approx(result["ratio"])
-    assert saved["target_ratio"] == erase_speed.TARGET_RATIO and saved["latent_shape"][0] == doco.batch_size
+    assert saved["target_ratio_vs_plain_2b"] == erase_speed.TARGET_RATIO and saved["latent_shape"][0] == doco.batch_size
 
 
 def test_erase_speed_command_line_overrides_the_params_file(erase_speed, smoke_params):
@@ -103,6 +107,21 @@ def test_overrides_are_checked_like_params_yaml(smoke_params):
     assert (doco.surgery, doco.lr) == ("pcgrad", 1e-4)
     with pytest.raises(ParamsError, match="erase.doco.lr"):
         with_overrides(doco, "lr=fast", "erase.doco")
+
+
+def test_evaluate_speed_checks_settings_and_folders_before_loading(smoke_params_path, tmp_path):
+    evaluate_speed = load_script("evaluate_speed")
+    argv = ["--params", str(smoke_params_path), "--data", str(tmp_path)]
+    with pytest.raises(ParamsError, match="stepz"):
+        evaluate_speed.main([*argv, "--setting", "stepz=10"])
+    with pytest.raises(SystemExit, match="anchors/church does not exist"):
+        evaluate_speed.main([*argv, "--setting", "steps=10"])
+    with pytest.raises(SystemExit, match="--repeats must be >= 1"):
+        evaluate_speed.main([*argv, "--repeats", "0"])
+    # What a row samples: every rate's images plus world-FID's (capped at the renders), two UNet calls with guidance.
+    row = {"in_set_n": 96, "out_of_set_n": 32, "retain_neighbors_n": 40, "retain_all_n": 48}
+    assert evaluate_speed.images(row, 120, 1000) == 336 and evaluate_speed.images(row, None, 50) == 266
+    assert evaluate_speed.unet_calls(20, 1.5) == 40 and evaluate_speed.unet_calls(10, 1.0) == 10
 
 
 def test_erase_sweep_arms_apply_to_all_or_one_method(erase_sweep, smoke_params):

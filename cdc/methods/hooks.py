@@ -49,20 +49,23 @@ def route_grads(unet: nn.Module, params: list[nn.Parameter], n_first: int) -> It
     from one 2B forward/backward instead of two B ones."""
     shadows = [p.detach().requires_grad_(True) for p in params]
     by_id = {id(p): s for p, s in zip(params, shadows)}
+    leaves = [m for m in _lora_leaves(unet) if id(m.weight) in by_id]
 
-    def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
-        x = inputs[0]
-        shadow = by_id.get(id(module.weight))
-        if shadow is None or x.shape[0] <= n_first:
-            return out
-        # The module's own output is recomputed in two row blocks; LoRA layers are rank r, so cheap.
-        return torch.cat(
-            [_forward_with(module, x[:n_first], module.weight), _forward_with(module, x[n_first:], shadow)]
-        )
+    def routed(module: nn.Module, shadow: torch.Tensor):
+        def forward(x: torch.Tensor) -> torch.Tensor:  # x: (N, ..., in) or (N, in, h, w)
+            if x.shape[0] <= n_first:
+                return _forward_with(module, x, module.weight)
+            first, rest = x[:n_first], x[n_first:]
+            return torch.cat([_forward_with(module, first, module.weight), _forward_with(module, rest, shadow)])
 
-    handles = [m.register_forward_hook(hook) for m in _lora_leaves(unet)]
+        return forward
+
+    # The leaves' forward is swapped for the block (an instance attribute shadows the class method), so
+    # each is computed once per row block; a forward hook would also run the unused whole-batch forward.
+    for m in leaves:
+        m.forward = routed(m, by_id[id(m.weight)])
     try:
         yield shadows
     finally:
-        for h in handles:
-            h.remove()
+        for m in leaves:
+            del m.forward
