@@ -11,6 +11,7 @@ import torch
 from cdc.anchors import erase_pairs
 from cdc.erase import run_method
 from cdc.methods.lora import lora_parameters, remove_lora
+from cdc.methods.train import encode
 from cdc.tradeoff import Snapshots, matched_point, snapshot_steps, tradeoff
 
 
@@ -55,6 +56,30 @@ def test_a_snapshot_is_the_shorter_run(tiny_world_bundle, world, smoke_params, m
     assert not all(torch.equal(a, b) for a, b in zip(long, short, strict=True))  # the run went on after step 2
     with pytest.raises(KeyError, match="no snapshot at step 3"):
         snaps.restore(3)
+
+
+def test_an_advunlearn_snapshot_is_the_shorter_run(tiny_world_bundle, world, smoke_params, one_thread):
+    """The same for AdvUnlearn, whose trained tensors are a copy of the text encoder (the bundle's own is kept):
+    restored to step 2, the long run's encoder encodes as the 2-step run's does."""
+    pairs, samples = erase_pairs(world, "church", []), _samples()
+    retain = (["a dog", "a cat"], samples["anchor_images"][:2])
+    cfg = dataclasses.replace(smoke_params.erase.advunlearn, steps=4, warmup_steps=1, batch_size=2)
+    prompts = pairs.target_prompts[:3]
+
+    def contexts(bundle):
+        return encode(bundle.text, prompts, bundle.device, bundle.dtype)
+
+    before = contexts(tiny_world_bundle)
+    snaps = Snapshots([2, 4])
+    erased, _ = run_method(tiny_world_bundle, "advunlearn", pairs, samples, cfg, retain=retain, progress=False,
+                           on_step=snaps)
+    long = contexts(erased)
+    snaps.restore(2)
+    restored = contexts(erased)
+    short, _ = run_method(tiny_world_bundle, "advunlearn", pairs, samples, dataclasses.replace(cfg, steps=2),
+                          retain=retain, progress=False)
+    assert torch.equal(restored, contexts(short)) and not torch.equal(long, restored)
+    assert torch.equal(contexts(tiny_world_bundle), before)  # the bundle's own encoder is untouched
 
 
 def _row(steps: int, in_set: float, out: float, nbr: float, every: float) -> dict:
