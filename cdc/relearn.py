@@ -30,6 +30,7 @@ from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import apply_step, check_finite, check_prompts, grads_of, progress_bar, start_lora_run
 from cdc.params import EvaluateParams, SampleParams
+from cdc.targets import returned_at
 from cdc.world.data import World
 
 Rates = Callable[[ModelBundle], dict]
@@ -90,11 +91,6 @@ def relearn(erased: ModelBundle, concept_latents: Tensor, concept_index: Sequenc
             rows.append({"step": step, "seconds": round(seconds, 1), "loss": float(np.mean(losses))} | rates(model))
             losses = []
     return rows
-
-
-def returned_at(rows: Sequence[dict], rate: float) -> int | None:
-    """The first checkpoint step at which the in-set rate is at least `rate`, or None if it never is."""
-    return next((r["step"] for r in rows if r["in_set"] >= rate), None)
 
 
 def erase_and_relearn(

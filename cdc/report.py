@@ -9,7 +9,7 @@ import pandas as pd
 
 from cdc.io import load_json, save_text
 from cdc.params import AblateParams, MultiParams, RelearnParams, ReportParams, TradeoffParams, TransferParams
-from cdc.targets import RATES, clear_misses, interval, misses
+from cdc.targets import RATES, clear_misses, interval, misses, returned_at
 
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
            "seconds", "peak_mem_mb", *(f"{r}_n" for r in RATES)]
@@ -247,10 +247,9 @@ def relearn_table(curves: pd.DataFrame, relearn: RelearnParams) -> pd.DataFrame:
     the first checkpoint at which it reaches `relearn.returned` (empty: not within the last checkpoint)."""
     rows = []
     for (concept, method), g in curves[curves.method != "base"].groupby(["concept", "method"], sort=False):
-        back = g[g.in_set >= relearn.returned]
         first, last = g.iloc[0], g.iloc[-1]
         rows.append({"concept": concept, "method": method, "erased_in_set": first.in_set,
-                     "returned_at": None if back.empty else int(back.step.iloc[0]),
+                     "returned_at": returned_at(g.to_dict("records"), relearn.returned),
                      "final_step": int(last.step), "final_in_set": last.in_set,
                      "final_in_set_lo": last.in_set_lo, "final_in_set_hi": last.in_set_hi})
     return pd.DataFrame(rows)

@@ -47,3 +47,8 @@ def clear_misses(row: Mapping[str, float], base: Mapping[str, float], targets: R
     bounds = thresholds(base, targets)
     return [r for r in rates
             if not _ok(row[f"{r}_lo"] if bounds[r][0] == "max" else row[f"{r}_hi"], *bounds[r])]
+
+
+def returned_at(rows: Sequence[Mapping], rate: float) -> int | None:
+    """The first checkpoint step (rows in step order) at which the in-set rate is at least `rate`, or None."""
+    return next((int(r["step"]) for r in rows if r["in_set"] >= rate), None)
