@@ -8,8 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from cdc.bundle import ModelBundle
 from cdc.io import atomic_path, load_json, save_json, save_npz
-from cdc.params import PHRASES
+from cdc.params import PHRASES, SampleParams
+from cdc.sampler import sample
 from cdc.world.captions import CANONICAL_STYLE, STYLE_SUFFIXES, canonical_prompt, with_article
 from cdc.world.data import World
 
@@ -126,3 +128,16 @@ def load_anchors(path: str | Path) -> tuple[Pairs, list[str], dict[str, np.ndarr
     with np.load(path / "samples.npz") as npz:
         samples = {k: npz[k] for k in npz.files}
     return Pairs(**raw), probe, samples
+
+
+def pair_samples(bundle: ModelBundle, pairs: Pairs, per_prompt: int, sampler: SampleParams, seed: int,
+                 *, progress: bool = True) -> dict[str, np.ndarray]:
+    """The base model's samples of both sides of every pair, per_prompt each (seeds seed, seed + 1, ...), in the
+    anchors stage's layout: anchor_images (N, H, W, 3) uint8 and anchor_index (N,), the same for targets."""
+    index = np.repeat(np.arange(len(pairs.target_prompts)), per_prompt)  # image j was drawn for pair index[j]
+    seeds = [seed + j for j in range(len(index))]
+    out = {}
+    for side, prompts in (("anchor", pairs.anchor_prompts), ("target", pairs.target_prompts)):
+        out[f"{side}_images"] = sample(bundle, [prompts[i] for i in index], seeds, sampler, progress=progress)
+        out[f"{side}_index"] = index
+    return out

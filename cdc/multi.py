@@ -21,7 +21,6 @@ from cdc.erase import MethodConfig, run_method
 from cdc.judge import JudgeNet
 from cdc.methods.lora import remove_lora
 from cdc.params import EvaluateParams, SampleParams
-from cdc.sampler import sample
 from cdc.world.captions import canonical_prompt
 from cdc.world.data import World
 
@@ -78,19 +77,6 @@ def balanced(samples: dict[str, np.ndarray], owner: np.ndarray) -> dict[str, np.
         longest = max(len(g) for g in groups)
         keep = np.concatenate([np.resize(g, longest) for g in groups])
         out |= {f"{side}_images": samples[f"{side}_images"][keep], f"{side}_index": samples[f"{side}_index"][keep]}
-    return out
-
-
-def pair_samples(bundle: ModelBundle, pairs: Pairs, per_prompt: int, sampler: SampleParams, seed: int,
-                 *, progress: bool = True) -> dict[str, np.ndarray]:
-    """The base model's samples of both sides of every pair, per_prompt each (seeds seed, seed + 1, ...), in the
-    anchors stage's layout: anchor_images (N, H, W, 3) uint8 and anchor_index (N,), the same for targets."""
-    index = np.repeat(np.arange(len(pairs.target_prompts)), per_prompt)  # image j was drawn for pair index[j]
-    seeds = [seed + j for j in range(len(index))]
-    out = {}
-    for side, prompts in (("anchor", pairs.anchor_prompts), ("target", pairs.target_prompts)):
-        out[f"{side}_images"] = sample(bundle, [prompts[i] for i in index], seeds, sampler, progress=progress)
-        out[f"{side}_index"] = index
     return out
 
 

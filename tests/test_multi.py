@@ -10,9 +10,10 @@ import pytest
 from conftest import REPO
 from helpers import fresh
 
+from cdc.anchors import pair_samples
 from cdc.judge import JudgeNet
 from cdc.methods.lora import tuner_layers
-from cdc.multi import balanced, concept_pairs, erase_many, erase_order, first_pairs, multi_row, pair_samples
+from cdc.multi import balanced, concept_pairs, erase_many, erase_order, first_pairs, multi_row
 from cdc.params import read_yaml
 from cdc.world.build import build_world
 
