@@ -38,7 +38,9 @@ def generated(tmp_path) -> dict:
     erase = [row("church", m, r) for m, r in (("base", 1.0), ("doco", 0.0), ("advunlearn", 0.1))]
     pd.DataFrame(erase).to_csv(metrics / "erase.csv", index=False, float_format="%.4f")
     arms = [row("church", "advunlearn", 0.1, arm="", label="as in params.yaml"),
-            row("church", "advunlearn", 0.3, nothing=None, arm="steps0", label="0 inner steps")]
+            row("church", "advunlearn", 0.3, nothing=None, arm="steps0", label="0 inner steps"),
+            row("church", "doco", 0.0, arm="", label="as in params.yaml"),  # DoCo's arms feed a computed paragraph
+            row("church", "doco", 0.5, nothing=None, arm="eps", label="D on eps")]
     pd.DataFrame(arms).to_csv(gen / "ablate_table.csv", index=False, float_format="%.4f")
     pairs = [row("church", m, r, unet=u) for m, r in (("base", 1.0), ("advunlearn", 0.1)) for u in ("first", "second")]
     pd.DataFrame(pairs).to_csv(gen / "transfer_table.csv", index=False, float_format="%.4f")
