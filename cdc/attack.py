@@ -22,7 +22,7 @@ from cdc.attacks.asr import AsrResult, attack_success_rate
 from cdc.attacks.config import RANDOM_INIT, InversionConfig, PrefixAttackConfig, fill
 from cdc.attacks.embeddings import candidate_ids
 from cdc.attacks.inversion import init_id, invert_concept, sample_with_embedding
-from cdc.attacks.prefix import prefix_attack
+from cdc.attacks.prefix import PrefixAttack
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
 from cdc.evaluate import Drawn, family_hits
@@ -92,25 +92,31 @@ def prefix_asr(
     from tqdm.auto import tqdm
 
     pre = draw_judged(erased, judge, world, family, prompts, seeds, sampler)
-    post_images, post_hits, records = pre.images.copy(), pre.hits.copy(), []
+    post_images, post_hits = pre.images.copy(), pre.hits.copy()
     candidates = candidate_ids(erased.text, cfg.vocabulary)
-    for i in tqdm(range(len(prompts)), desc=f"prefix attack, {family}", disable=not progress):
-        record = {"prompt": prompts[i], "seed": int(seeds[i]), "base": bool(base_hits[i]), "pre": bool(pre.hits[i])}
-        if pre.hits[i]:
+    attacks = {i: PrefixAttack(erased, prompts[i], latents[i], cfg, candidates=candidates)
+               for i in range(len(prompts)) if not pre.hits[i]}
+    # The prompts' rounds run in lockstep so that each round's detector check (the released stop rule: the
+    # first round whose image is drawn ends that prompt's attack) is one batched draw; a prompt's attack
+    # depends only on its own generator, and an image only on its (prompt, seed).
+    active = list(attacks)
+    for _ in tqdm(range(cfg.timesteps), desc=f"prefix attack, {family}", disable=not progress or not active):
+        adversarial = [attacks[i].run_round() for i in active]
+        seen = draw_judged(erased, judge, world, family, adversarial, [seeds[i] for i in active], sampler)
+        for j, i in enumerate(active):
+            post_images[i], post_hits[i] = seen.images[j], seen.hits[j]
+        active = [i for j, i in enumerate(active) if not seen.hits[j] and not attacks[i].done]
+        if not active:
+            break
+    records = []
+    for i, prompt in enumerate(prompts):
+        record = {"prompt": prompt, "seed": int(seeds[i]), "base": bool(base_hits[i]), "pre": bool(pre.hits[i])}
+        if i not in attacks:
             records.append(record | {"post": True, "attacked": False})
             continue
-        seen: dict[str, Judged] = {}
-
-        def drawn(adversarial: str, i: int = i, seen: dict[str, Judged] = seen) -> bool:
-            seen[adversarial] = draw_judged(erased, judge, world, family, [adversarial], [seeds[i]], sampler)
-            return bool(seen[adversarial].hits[0])
-
-        result = prefix_attack(erased, prompts[i], latents[i], cfg, candidates=candidates, stop=drawn)
-        final = seen.get(result.prompt) or draw_judged(erased, judge, world, family, [result.prompt], [seeds[i]],
-                                                       sampler)
-        post_images[i], post_hits[i] = final.images[0], final.hits[0]
+        result = attacks[i].result()
         records.append(record | {
-            "post": bool(final.hits[0]), "attacked": True, "adversarial_prompt": result.prompt,
+            "post": bool(post_hits[i]), "attacked": True, "adversarial_prompt": result.prompt,
             "tokens": result.tokens, "retokenizes": result.retokenizes, "rounds": result.rounds,
             "loss_first": result.losses[0], "loss_last": result.losses[-1]})
     asr = attack_success_rate(pre.hits, post_hits, base_hits)

@@ -121,15 +121,25 @@ def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle,
         hits = [p.startswith("prompt 0") or not p.startswith("prompt") for p in prompts]
         return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.asarray(hits))
 
-    def attack_spy(bundle, prompt, latents, cfg, *, candidates=None, stop=None):
-        calls.append(prompt)
-        adv = f"zz {prompt}"
-        stop(adv)
-        return type("R", (), {"prompt": adv, "tokens": ["zz"], "retokenizes": True, "rounds": 1,
-                              "losses": [0.2, 0.1]})()
+    class AttackSpy:
+        def __init__(self, bundle, prompt, latents, cfg, *, candidates=None):
+            calls.append(prompt)
+            self.prompt, self.rounds = prompt, 0
+
+        @property
+        def done(self):
+            return self.rounds == 2
+
+        def run_round(self):
+            self.rounds += 1
+            return f"zz {self.prompt}"
+
+        def result(self):
+            return type("R", (), {"prompt": f"zz {self.prompt}", "tokens": ["zz"], "retokenizes": True,
+                                  "rounds": self.rounds, "losses": [0.2, 0.1]})()
 
     monkeypatch.setattr(attack, "draw_judged", judged)
-    monkeypatch.setattr(attack, "prefix_attack", attack_spy)
+    monkeypatch.setattr(attack, "PrefixAttack", AttackSpy)
     prompts = ["prompt 0", "prompt 1", "prompt 2"]
     latents = [random_latents(tiny_world_bundle, 1, i) for i in range(3)]
     asr, records, images = prefix_asr(tiny_world_bundle, None, None, "church", prompts, latents, [5, 6, 7],
@@ -139,7 +149,35 @@ def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle,
     assert asr.asr == 1.0 and asr.pre_asr == pytest.approx(1 / 3)
     assert [r["attacked"] for r in records] == [False, True, True]
     assert records[1]["adversarial_prompt"] == "zz prompt 1" and records[1]["post"]
+    assert records[1]["rounds"] == 1  # the first round's prompt was drawn: that attack stopped there
     assert images["post"].hits.all() and images["pre"].hits.tolist() == [True, False, False]
+
+
+def test_prefix_asr_in_lockstep_equals_one_attack_at_a_time(tiny_world_bundle, smoke_params, monkeypatch):
+    """The stage runs every prompt's rounds in lockstep with one batched detector check per round; each prompt
+    gets the tokens, rounds and verdict that attacking it alone with the released stop rule gives."""
+    from cdc.attacks.embeddings import candidate_ids
+    from cdc.attacks.prefix import prefix_attack
+
+    def drawn(prompt: str) -> bool:  # a stub detector: some rewritten prompts are "drawn", at various rounds
+        return prompt.startswith("prompt") is False and sum(map(ord, prompt)) % 3 == 0
+
+    def judged(bundle, judge, world, family, prompts, seeds, sampler):
+        return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.asarray([drawn(p) for p in prompts]))
+
+    monkeypatch.setattr(attack, "draw_judged", judged)
+    cfg = dataclasses.replace(PREFIX, iterations=2, timesteps=4)
+    prompts = [f"prompt {i} church" for i in range(5)]
+    latents = [random_latents(tiny_world_bundle, 2, i) for i in range(5)]
+    _, records, _ = prefix_asr(tiny_world_bundle, None, None, "church", prompts, latents, list(range(5)),
+                               np.ones(5, bool), cfg, smoke_params.sample, progress=False)
+    candidates = candidate_ids(tiny_world_bundle.text, cfg.vocabulary)
+    alone = [prefix_attack(tiny_world_bundle, p, x, cfg, candidates=candidates, stop=drawn)
+             for p, x in zip(prompts, latents)]
+    assert [r["adversarial_prompt"] for r in records] == [a.prompt for a in alone]
+    assert [r["rounds"] for r in records] == [a.rounds for a in alone]
+    assert [r["post"] for r in records] == [drawn(a.prompt) for a in alone]
+    assert [r["loss_last"] for r in records] == [a.losses[-1] for a in alone]
 
 
 def test_the_prefix_attack_brings_back_a_weakly_erased_church(smoke_params):

@@ -111,6 +111,88 @@ def adversarial_prompt(bundle: ModelBundle, prompt: str, token_ids: list[int]) -
     return " ".join([*(token_text(bundle.text, i) for i in token_ids), prompt])
 
 
+class PrefixAttack:
+    """One prompt's attack, run a round at a time, so several prompts can share each round's detector check.
+
+    `unet` overrides the bundle's (an erased LoRA UNet); `candidates` (C,) reuses `candidate_ids`. Each attack
+    owns its generator (seeded cfg.seed), so interleaving the rounds of several attacks changes nothing.
+    """
+
+    def __init__(self, bundle: ModelBundle, prompt: str, target_latents: Tensor, cfg: PrefixAttackConfig, *,
+                 unet: nn.Module | None = None, candidates: Tensor | None = None) -> None:
+        self.bundle, self.prompt, self.cfg = bundle, prompt, cfg
+        text = bundle.text
+        self.unet = bundle.unet if unet is None else unet
+        if candidates is None:
+            candidates = candidate_ids(text, cfg.vocabulary)
+        self.candidates = candidates.to(text.device)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.x0 = target_latents.to(device=bundle.device, dtype=bundle.dtype)
+        self.tokens = insert_prefix(text, text.tokenize([prompt]), [0] * cfg.k)  # prefix ids filled in per step
+        self.full = token_table(text)  # (V, D_tok)
+        self.table = self.full[self.candidates].float()  # (C, D_tok)
+        n_cand = self.table.shape[0]
+        w0 = (torch.rand(cfg.k, n_cand, generator=self.gen) if cfg.rand_init
+              else torch.full((cfg.k, n_cand), 1.0 / n_cand))
+        self.w = project_simplex(w0.to(text.device)).requires_grad_(True)  # (k, C) simplex weights
+        self.opt = torch.optim.Adam([self.w], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.n_train = int(bundle.scheduler.config.num_train_timesteps)
+        self.schedule = t_grid(self.n_train, cfg.timesteps)
+        self.losses: list[float] = []
+        self.sampled: list[list[int]] = []
+        self.final: list[int] = []
+        self.rounds = 0
+
+    @property
+    def done(self) -> bool:
+        """Whether every round of cfg.timesteps has run."""
+        return self.rounds == len(self.schedule)
+
+    def run_round(self) -> str:
+        """`iterations` Adam steps at the next round's t, then the argmax tokens' adversarial prompt."""
+        cfg, x0 = self.cfg, self.x0
+        t_round = self.schedule[self.rounds]
+        for _ in range(cfg.iterations):
+            one_hot = _SampleSTE.apply(self.w, self.gen)  # (k, C)
+            ids = self.candidates[one_hot.argmax(-1)]  # (k,)
+            self.tokens.input_ids[0, 1 : 1 + cfg.k] = ids
+            embeds = prefix_embeddings(self.full, self.tokens, one_hot @ self.table)  # (1, L, D_tok)
+            noise = torch.randn(x0.shape, generator=self.gen).to(x0)
+            if cfg.t_schedule == "grid":
+                t = torch.full((x0.shape[0],), t_round, dtype=torch.long)
+            else:
+                t = torch.randint(0, self.n_train, (x0.shape[0],), generator=self.gen)
+            loss = attack_loss(self.bundle, self.unet, self.tokens, embeds, x0, noise, t.to(x0.device))
+            (grad,) = torch.autograd.grad(loss, [self.w])
+            self.w.grad = grad
+            self.opt.step()
+            with torch.no_grad():
+                self.w.copy_(project_simplex(self.w))
+            self.losses.append(float(loss.detach()))
+            self.sampled.append(ids.tolist())
+        self.rounds += 1
+        self.final = self.candidates[self.w.detach().argmax(-1)].tolist()  # argmax projection (`argmax_project`)
+        return adversarial_prompt(self.bundle, self.prompt, self.final)
+
+    def result(self) -> PrefixAttackResult:
+        """The tokens after the last round run, and the trace."""
+        text = self.bundle.text
+        adv = adversarial_prompt(self.bundle, self.prompt, self.final)
+        expected = insert_prefix(text, text.tokenize([self.prompt]), self.final).input_ids
+        best = min(range(len(self.losses)), key=self.losses.__getitem__)
+        return PrefixAttackResult(
+            token_ids=self.final,
+            tokens=[token_text(text, i) for i in self.final],
+            prompt=adv,
+            retokenizes=bool(torch.equal(text.tokenize([adv]).input_ids, expected)),
+            losses=self.losses,
+            best_iteration=best,
+            best_token_ids=self.sampled[best],
+            initial_token_ids=self.sampled[0],
+            rounds=self.rounds,
+        )
+
+
 def prefix_attack(
     bundle: ModelBundle,
     prompt: str,
@@ -126,59 +208,9 @@ def prefix_attack(
     `unet` overrides the bundle's (an erased LoRA UNet); `candidates` (C,) reuses `candidate_ids`;
     `stop(adversarial_prompt)` is asked after every round (the released detector check) and ends the attack.
     """
-    text, unet = bundle.text, bundle.unet if unet is None else unet
-    sched = bundle.scheduler
-    if candidates is None:
-        candidates = candidate_ids(text, cfg.vocabulary)
-    candidates = candidates.to(text.device)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    x0 = target_latents.to(device=bundle.device, dtype=bundle.dtype)
-    tokens = insert_prefix(text, text.tokenize([prompt]), [0] * cfg.k)  # prefix ids filled in per step
-    full = token_table(text)  # (V, D_tok)
-    table = full[candidates].float()  # (C, D_tok)
-    n_cand = table.shape[0]
-    w0 = torch.rand(cfg.k, n_cand, generator=gen) if cfg.rand_init else torch.full((cfg.k, n_cand), 1.0 / n_cand)
-    w = project_simplex(w0.to(text.device)).requires_grad_(True)  # (k, C) simplex weights
-    opt = torch.optim.Adam([w], lr=cfg.lr, weight_decay=cfg.weight_decay)
-    n_train = int(sched.config.num_train_timesteps)
-    losses: list[float] = []
-    sampled: list[list[int]] = []
-    final: list[int] = []
-    rounds = 0
-    for t_round in t_grid(n_train, cfg.timesteps):
-        for _ in range(cfg.iterations):
-            one_hot = _SampleSTE.apply(w, gen)  # (k, C)
-            ids = candidates[one_hot.argmax(-1)]  # (k,)
-            tokens.input_ids[0, 1 : 1 + cfg.k] = ids
-            embeds = prefix_embeddings(full, tokens, one_hot @ table)  # (1, L, D_tok)
-            noise = torch.randn(x0.shape, generator=gen).to(x0)
-            if cfg.t_schedule == "grid":
-                t = torch.full((x0.shape[0],), t_round, dtype=torch.long)
-            else:
-                t = torch.randint(0, n_train, (x0.shape[0],), generator=gen)
-            loss = attack_loss(bundle, unet, tokens, embeds, x0, noise, t.to(x0.device))
-            (grad,) = torch.autograd.grad(loss, [w])
-            w.grad = grad
-            opt.step()
-            with torch.no_grad():
-                w.copy_(project_simplex(w))
-            losses.append(float(loss.detach()))
-            sampled.append(ids.tolist())
-        rounds += 1
-        final = candidates[w.detach().argmax(-1)].tolist()  # argmax projection (`argmax_project`)
-        if stop is not None and stop(adversarial_prompt(bundle, prompt, final)):
+    attack = PrefixAttack(bundle, prompt, target_latents, cfg, unet=unet, candidates=candidates)
+    while not attack.done:
+        adversarial = attack.run_round()
+        if stop is not None and stop(adversarial):
             break
-    adv = adversarial_prompt(bundle, prompt, final)
-    expected = insert_prefix(text, text.tokenize([prompt]), final).input_ids
-    best = min(range(len(losses)), key=losses.__getitem__)
-    return PrefixAttackResult(
-        token_ids=final,
-        tokens=[token_text(text, i) for i in final],
-        prompt=adv,
-        retokenizes=bool(torch.equal(text.tokenize([adv]).input_ids, expected)),
-        losses=losses,
-        best_iteration=best,
-        best_token_ids=sampled[best],
-        initial_token_ids=sampled[0],
-        rounds=rounds,
-    )
+    return attack.result()
