@@ -94,27 +94,29 @@ def prefix_asr(
     pre = draw_judged(erased, judge, world, family, prompts, seeds, sampler)
     post_images, post_hits = pre.images.copy(), pre.hits.copy()
     candidates = candidate_ids(erased.text, cfg.vocabulary)
-    attacks = {i: PrefixAttack(erased, prompts[i], latents[i], cfg, candidates=candidates)
-               for i in range(len(prompts)) if not pre.hits[i]}
-    # The prompts' rounds run in lockstep so that each round's detector check (the released stop rule: the
-    # first round whose image is drawn ends that prompt's attack) is one batched draw; a prompt's attack
-    # depends only on its own generator, and an image only on its (prompt, seed).
-    active = list(attacks)
+    attacked = [i for i in range(len(prompts)) if not pre.hits[i]]
+    attacks = PrefixAttack(erased, [prompts[i] for i in attacked], [latents[i] for i in attacked], cfg,
+                           candidates=candidates)
+    # Every attacked prompt runs its rounds in one batch, and each round's detector check (the released stop
+    # rule: the first round whose image is drawn ends that prompt's attack) is one batched draw; a prompt's
+    # attack depends only on its own generator, and an image only on its (prompt, seed).
+    active = list(range(len(attacked)))  # positions in `attacked`
     for _ in tqdm(range(cfg.timesteps), desc=f"prefix attack, {family}", disable=not progress or not active):
-        adversarial = [attacks[i].run_round() for i in active]
-        seen = draw_judged(erased, judge, world, family, adversarial, [seeds[i] for i in active], sampler)
-        for j, i in enumerate(active):
-            post_images[i], post_hits[i] = seen.images[j], seen.hits[j]
-        active = [i for j, i in enumerate(active) if not seen.hits[j] and not attacks[i].done]
         if not active:
             break
+        adversarial = attacks.run_round(active)
+        seen = draw_judged(erased, judge, world, family, adversarial, [seeds[attacked[j]] for j in active], sampler)
+        for n, j in enumerate(active):
+            post_images[attacked[j]], post_hits[attacked[j]] = seen.images[n], seen.hits[n]
+        active = [j for n, j in enumerate(active) if not seen.hits[n] and not attacks.done(j)]
+    results = {i: attacks.result(j) for j, i in enumerate(attacked)}
     records = []
     for i, prompt in enumerate(prompts):
         record = {"prompt": prompt, "seed": int(seeds[i]), "base": bool(base_hits[i]), "pre": bool(pre.hits[i])}
-        if i not in attacks:
+        if i not in results:
             records.append(record | {"post": True, "attacked": False})
             continue
-        result = attacks[i].result()
+        result = results[i]
         records.append(record | {
             "post": bool(post_hits[i]), "attacked": True, "adversarial_prompt": result.prompt,
             "tokens": result.tokens, "retokenizes": result.retokenizes, "rounds": result.rounds,

@@ -291,6 +291,7 @@ class EraseParams(Checked):
 
     concepts: list[str]  # world families (data/world/families.yaml), as slugs
     methods: list[Method]
+    explain: list[str]  # families whose 06_erase notebooks also show each method up close (teaching only)
     doco: DocoConfig
     esd: EsdConfig
     ca: CaConfig
@@ -305,6 +306,9 @@ class EraseParams(Checked):
         bad = [c for c in self.concepts if not c or c != c.strip() or " " in c]
         if bad:
             raise ValueError(f"concepts are slugs without spaces (e.g. articulated-lorry), got {bad[0]!r}")
+        unknown = [c for c in self.explain if c not in self.concepts]
+        if unknown:
+            raise ValueError(f"'erase.explain': {unknown[0]!r} is not in erase.concepts ({', '.join(self.concepts)})")
 
 
 @dataclass(frozen=True)

@@ -122,21 +122,21 @@ def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle,
         return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.asarray(hits))
 
     class AttackSpy:
-        def __init__(self, bundle, prompt, latents, cfg, *, candidates=None):
-            calls.append(prompt)
-            self.prompt, self.rounds = prompt, 0
+        def __init__(self, bundle, prompts, latents, cfg, *, candidates=None):
+            calls.extend(prompts)
+            self.prompts, self.rounds = prompts, [0] * len(prompts)
 
-        @property
-        def done(self):
-            return self.rounds == 2
+        def done(self, i):
+            return self.rounds[i] == 2
 
-        def run_round(self):
-            self.rounds += 1
-            return f"zz {self.prompt}"
+        def run_round(self, which):
+            for i in which:
+                self.rounds[i] += 1
+            return [f"zz {self.prompts[i]}" for i in which]
 
-        def result(self):
-            return type("R", (), {"prompt": f"zz {self.prompt}", "tokens": ["zz"], "retokenizes": True,
-                                  "rounds": self.rounds, "losses": [0.2, 0.1]})()
+        def result(self, i):
+            return type("R", (), {"prompt": f"zz {self.prompts[i]}", "tokens": ["zz"], "retokenizes": True,
+                                  "rounds": self.rounds[i], "losses": [0.2, 0.1]})()
 
     monkeypatch.setattr(attack, "draw_judged", judged)
     monkeypatch.setattr(attack, "PrefixAttack", AttackSpy)
@@ -153,9 +153,10 @@ def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle,
     assert images["post"].hits.all() and images["pre"].hits.tolist() == [True, False, False]
 
 
-def test_prefix_asr_in_lockstep_equals_one_attack_at_a_time(tiny_world_bundle, smoke_params, monkeypatch):
-    """The stage runs every prompt's rounds in lockstep with one batched detector check per round; each prompt
-    gets the tokens, rounds and verdict that attacking it alone with the released stop rule gives."""
+def test_prefix_asr_in_one_batch_equals_one_attack_at_a_time(tiny_world_bundle, smoke_params, monkeypatch):
+    """The stage attacks every prompt in one batch, with one batched detector check per round; each prompt gets
+    the tokens, rounds and verdict that attacking it alone with the released stop rule gives, and its losses up to
+    the round-off of a larger batch."""
     from cdc.attacks.embeddings import candidate_ids
     from cdc.attacks.prefix import prefix_attack
 
@@ -168,7 +169,7 @@ def test_prefix_asr_in_lockstep_equals_one_attack_at_a_time(tiny_world_bundle, s
     monkeypatch.setattr(attack, "draw_judged", judged)
     cfg = dataclasses.replace(PREFIX, iterations=2, timesteps=4)
     prompts = [f"prompt {i} church" for i in range(5)]
-    latents = [random_latents(tiny_world_bundle, 2, i) for i in range(5)]
+    latents = [random_latents(tiny_world_bundle, 1 + i % 3, i) for i in range(5)]
     _, records, _ = prefix_asr(tiny_world_bundle, None, None, "church", prompts, latents, list(range(5)),
                                np.ones(5, bool), cfg, smoke_params.sample, progress=False)
     candidates = candidate_ids(tiny_world_bundle.text, cfg.vocabulary)
@@ -177,7 +178,7 @@ def test_prefix_asr_in_lockstep_equals_one_attack_at_a_time(tiny_world_bundle, s
     assert [r["adversarial_prompt"] for r in records] == [a.prompt for a in alone]
     assert [r["rounds"] for r in records] == [a.rounds for a in alone]
     assert [r["post"] for r in records] == [drawn(a.prompt) for a in alone]
-    assert [r["loss_last"] for r in records] == [a.losses[-1] for a in alone]
+    assert [r["loss_last"] for r in records] == pytest.approx([a.losses[-1] for a in alone], rel=1e-5)  # round-off
 
 
 def test_the_prefix_attack_brings_back_a_weakly_erased_church(smoke_params):

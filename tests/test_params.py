@@ -265,6 +265,12 @@ def test_ablation_arm_names_are_slugs(tmp_path):
         load_params(write(tmp_path, changed(committed(), "ablate.arms", [arm])))
 
 
+def test_explained_families_are_erased_families(tmp_path):
+    with pytest.raises(ParamsError, match=r"'erase\.explain': 'tench' is not in erase\.concepts"):
+        load_params(write(tmp_path, changed(committed(), "erase.explain", ["church", "tench"])))
+    assert load_params(write(tmp_path, changed(committed(), "erase.explain", []))).erase.explain == []
+
+
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [("transfer.methods", ["doco"], r"'doco' does not train the text encoder"),

@@ -16,7 +16,7 @@ text encoder and UNet.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -112,84 +112,108 @@ def adversarial_prompt(bundle: ModelBundle, prompt: str, token_ids: list[int]) -
 
 
 class PrefixAttack:
-    """One prompt's attack, run a round at a time, so several prompts can share each round's detector check.
+    """The attack on several prompts at once, a round at a time, so they share each batch and each round's
+    detector check.
 
-    `unet` overrides the bundle's (an erased LoRA UNet); `candidates` (C,) reuses `candidate_ids`. Each attack
-    owns its generator (seeded cfg.seed), so interleaving the rounds of several attacks changes nothing.
+    Prompt i has its own simplex weights, Adam state and generator (seeded cfg.seed, drawn in the released
+    order: tokens, then noise), and its loss is the mean over its own images only, so its attack is the one
+    it would get alone; the prompts only share the UNet call. `unet` overrides the bundle's (an erased LoRA
+    UNet); `candidates` (C,) reuses `candidate_ids`.
     """
 
-    def __init__(self, bundle: ModelBundle, prompt: str, target_latents: Tensor, cfg: PrefixAttackConfig, *,
-                 unet: nn.Module | None = None, candidates: Tensor | None = None) -> None:
-        self.bundle, self.prompt, self.cfg = bundle, prompt, cfg
+    def __init__(self, bundle: ModelBundle, prompts: Sequence[str], target_latents: Sequence[Tensor],
+                 cfg: PrefixAttackConfig, *, unet: nn.Module | None = None,
+                 candidates: Tensor | None = None) -> None:
+        if len(prompts) != len(target_latents):
+            raise ValueError(f"{len(prompts)} prompts but {len(target_latents)} target latent sets")
+        self.bundle, self.prompts, self.cfg = bundle, list(prompts), cfg
         text = bundle.text
         self.unet = bundle.unet if unet is None else unet
         if candidates is None:
             candidates = candidate_ids(text, cfg.vocabulary)
         self.candidates = candidates.to(text.device)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.x0 = target_latents.to(device=bundle.device, dtype=bundle.dtype)
-        self.tokens = insert_prefix(text, text.tokenize([prompt]), [0] * cfg.k)  # prefix ids filled in per step
         self.full = token_table(text)  # (V, D_tok)
         self.table = self.full[self.candidates].float()  # (C, D_tok)
         n_cand = self.table.shape[0]
-        w0 = (torch.rand(cfg.k, n_cand, generator=self.gen) if cfg.rand_init
-              else torch.full((cfg.k, n_cand), 1.0 / n_cand))
-        self.w = project_simplex(w0.to(text.device)).requires_grad_(True)  # (k, C) simplex weights
-        self.opt = torch.optim.Adam([self.w], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.gens = [torch.Generator().manual_seed(cfg.seed) for _ in self.prompts]
+        self.x0 = [x.to(device=bundle.device, dtype=bundle.dtype) for x in target_latents]  # (n_i, C, h, w) each
+        # prefix ids are filled in per step; one (1, L) row per prompt
+        self.tokens = [insert_prefix(text, text.tokenize([p]), [0] * cfg.k) for p in self.prompts]
+        self.w = []  # per prompt (k, C) simplex weights
+        for gen in self.gens:
+            w0 = torch.rand(cfg.k, n_cand, generator=gen) if cfg.rand_init else torch.full((cfg.k, n_cand), 1 / n_cand)
+            self.w.append(project_simplex(w0.to(text.device)).requires_grad_(True))
+        self.opts = [torch.optim.Adam([w], lr=cfg.lr, weight_decay=cfg.weight_decay) for w in self.w]
         self.n_train = int(bundle.scheduler.config.num_train_timesteps)
         self.schedule = t_grid(self.n_train, cfg.timesteps)
-        self.losses: list[float] = []
-        self.sampled: list[list[int]] = []
-        self.final: list[int] = []
-        self.rounds = 0
+        self.losses: list[list[float]] = [[] for _ in self.prompts]
+        self.sampled: list[list[list[int]]] = [[] for _ in self.prompts]
+        self.final: list[list[int]] = [[] for _ in self.prompts]
+        self.rounds = [0] * len(self.prompts)
 
-    @property
-    def done(self) -> bool:
-        """Whether every round of cfg.timesteps has run."""
-        return self.rounds == len(self.schedule)
+    def done(self, i: int) -> bool:
+        """Whether every round of cfg.timesteps has run for prompt i."""
+        return self.rounds[i] == len(self.schedule)
 
-    def run_round(self) -> str:
-        """`iterations` Adam steps at the next round's t, then the argmax tokens' adversarial prompt."""
-        cfg, x0 = self.cfg, self.x0
-        t_round = self.schedule[self.rounds]
+    def run_round(self, which: Sequence[int]) -> list[str]:
+        """`iterations` Adam steps of the prompts `which`, each at its next round's t, in one batch; then
+        their argmax tokens' adversarial prompts."""
+        cfg, text = self.cfg, self.bundle.text
+        which = list(which)
+        counts = torch.tensor([self.x0[i].shape[0] for i in which], device=self.bundle.device)
+        x0 = torch.cat([self.x0[i] for i in which])  # (N, C, h, w), N = sum of n_i
+        bounds = [0, *counts.cumsum(0).tolist()]
         for _ in range(cfg.iterations):
-            one_hot = _SampleSTE.apply(self.w, self.gen)  # (k, C)
-            ids = self.candidates[one_hot.argmax(-1)]  # (k,)
-            self.tokens.input_ids[0, 1 : 1 + cfg.k] = ids
-            embeds = prefix_embeddings(self.full, self.tokens, one_hot @ self.table)  # (1, L, D_tok)
-            noise = torch.randn(x0.shape, generator=self.gen).to(x0)
-            if cfg.t_schedule == "grid":
-                t = torch.full((x0.shape[0],), t_round, dtype=torch.long)
-            else:
-                t = torch.randint(0, self.n_train, (x0.shape[0],), generator=self.gen)
-            loss = attack_loss(self.bundle, self.unet, self.tokens, embeds, x0, noise, t.to(x0.device))
-            (grad,) = torch.autograd.grad(loss, [self.w])
-            self.w.grad = grad
-            self.opt.step()
-            with torch.no_grad():
-                self.w.copy_(project_simplex(self.w))
-            self.losses.append(float(loss.detach()))
-            self.sampled.append(ids.tolist())
-        self.rounds += 1
-        self.final = self.candidates[self.w.detach().argmax(-1)].tolist()  # argmax projection (`argmax_project`)
-        return adversarial_prompt(self.bundle, self.prompt, self.final)
+            one_hot = [_SampleSTE.apply(self.w[i], self.gens[i]) for i in which]  # (k, C) each
+            ids = [self.candidates[h.argmax(-1)] for h in one_hot]  # (k,) each
+            for i, row in zip(which, ids):
+                self.tokens[i].input_ids[0, 1 : 1 + cfg.k] = row
+            tokens = Tokens(torch.cat([self.tokens[i].input_ids for i in which]),
+                            torch.cat([self.tokens[i].attention_mask for i in which]))  # (P, L)
+            embeds = prefix_embeddings(self.full, tokens, torch.stack([h @ self.table for h in one_hot]))
+            noise = torch.cat([torch.randn(self.x0[i].shape, generator=self.gens[i]) for i in which]).to(x0)
+            t = torch.cat([self._timesteps(i) for i in which]).to(x0.device)  # (N,)
+            ctx = context_from_embeddings(text, tokens, embeds).to(self.bundle.dtype)  # (P, L', D)
+            pred = unet_pred(self.unet, add_noise(self.bundle.scheduler, x0, noise, t), t,
+                             ctx.repeat_interleave(counts, dim=0))
+            target = target_for(self.bundle.scheduler, x0, noise, t)
+            losses = [mse(pred[a:b], target[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]  # one per prompt
+            grads = torch.autograd.grad(torch.stack(losses).sum(), [self.w[i] for i in which])
+            for i, grad, loss, row in zip(which, grads, losses, ids):
+                self.w[i].grad = grad
+                self.opts[i].step()
+                with torch.no_grad():
+                    self.w[i].copy_(project_simplex(self.w[i]))
+                self.losses[i].append(float(loss.detach()))
+                self.sampled[i].append(row.tolist())
+        for i in which:
+            self.rounds[i] += 1
+            self.final[i] = self.candidates[self.w[i].detach().argmax(-1)].tolist()  # `argmax_project`
+        return [adversarial_prompt(self.bundle, self.prompts[i], self.final[i]) for i in which]
 
-    def result(self) -> PrefixAttackResult:
-        """The tokens after the last round run, and the trace."""
-        text = self.bundle.text
-        adv = adversarial_prompt(self.bundle, self.prompt, self.final)
-        expected = insert_prefix(text, text.tokenize([self.prompt]), self.final).input_ids
-        best = min(range(len(self.losses)), key=self.losses.__getitem__)
+    def _timesteps(self, i: int) -> Tensor:
+        """Prompt i's timesteps (n_i,) for one step: its round's grid t, or uniform draws from its generator."""
+        n = self.x0[i].shape[0]
+        if self.cfg.t_schedule == "grid":
+            return torch.full((n,), self.schedule[self.rounds[i]], dtype=torch.long)
+        return torch.randint(0, self.n_train, (n,), generator=self.gens[i])
+
+    def result(self, i: int) -> PrefixAttackResult:
+        """Prompt i's tokens after its last round, and its trace."""
+        text, losses = self.bundle.text, self.losses[i]
+        adv = adversarial_prompt(self.bundle, self.prompts[i], self.final[i])
+        expected = insert_prefix(text, text.tokenize([self.prompts[i]]), self.final[i]).input_ids
+        best = min(range(len(losses)), key=losses.__getitem__)
         return PrefixAttackResult(
-            token_ids=self.final,
-            tokens=[token_text(text, i) for i in self.final],
+            token_ids=self.final[i],
+            tokens=[token_text(text, j) for j in self.final[i]],
             prompt=adv,
             retokenizes=bool(torch.equal(text.tokenize([adv]).input_ids, expected)),
-            losses=self.losses,
+            losses=losses,
             best_iteration=best,
-            best_token_ids=self.sampled[best],
-            initial_token_ids=self.sampled[0],
-            rounds=self.rounds,
+            best_token_ids=self.sampled[i][best],
+            initial_token_ids=self.sampled[i][0],
+            rounds=self.rounds[i],
         )
 
 
@@ -208,9 +232,9 @@ def prefix_attack(
     `unet` overrides the bundle's (an erased LoRA UNet); `candidates` (C,) reuses `candidate_ids`;
     `stop(adversarial_prompt)` is asked after every round (the released detector check) and ends the attack.
     """
-    attack = PrefixAttack(bundle, prompt, target_latents, cfg, unet=unet, candidates=candidates)
-    while not attack.done:
-        adversarial = attack.run_round()
+    attack = PrefixAttack(bundle, [prompt], [target_latents], cfg, unet=unet, candidates=candidates)
+    while not attack.done(0):
+        (adversarial,) = attack.run_round([0])
         if stop is not None and stop(adversarial):
             break
-    return attack.result()
+    return attack.result(0)
