@@ -21,8 +21,8 @@ from cdc.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-KEPT = ("advunlearn_speed", "erase_speed", "erase_sweep", "evaluate_speed", "pretrain_speed", "sample_speed",
-        "sd_speed", "stage_times", "sweep_summary")
+KEPT = ("advunlearn_speed", "attack_speed", "erase_speed", "erase_sweep", "evaluate_speed", "pretrain_speed",
+        "sample_speed", "sd_speed", "stage_times", "sweep_summary")
 
 
 def load_script(name: str) -> ModuleType:
@@ -122,6 +122,39 @@ def test_evaluate_speed_checks_settings_and_folders_before_loading(smoke_params_
     row = {"in_set_n": 96, "out_of_set_n": 32, "retain_neighbors_n": 40, "retain_all_n": 48}
     assert evaluate_speed.images(row, 120, 1000) == 336 and evaluate_speed.images(row, None, 50) == 266
     assert evaluate_speed.unet_calls(20, 1.5) == 40 and evaluate_speed.unet_calls(10, 1.0) == 10
+
+
+def test_attack_speed_checks_folders_and_both_ways_find_the_same(smoke_params, smoke_params_path, tiny_world_bundle,
+                                                                  tmp_path, monkeypatch):
+    import numpy as np
+    from helpers import random_latents
+
+    from cdc.attack import AttackPlan, Judged
+
+    attack_speed = load_script("attack_speed")
+    argv = ["--params", str(smoke_params_path), "--data", str(tmp_path), "--erased", str(tmp_path / "lora")]
+    with pytest.raises(SystemExit, match="anchors/church does not exist"):
+        attack_speed.main(argv)
+    with pytest.raises(SystemExit, match="--repeats must be >= 1"):
+        attack_speed.main([*argv, "--repeats", "0"])
+
+    def judged(bundle, judge, world, family, prompts, seeds, sampler):  # "drawn": prompt 0, and some rewrites
+        hits = [p == "prompt 0" or (not p.startswith("prompt") and sum(map(ord, p)) % 3 == 0) for p in prompts]
+        return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.asarray(hits))
+
+    import cdc.attack
+
+    monkeypatch.setattr(cdc.attack, "draw_judged", judged)  # the batched way's
+    monkeypatch.setattr(attack_speed, "draw_judged", judged)  # the one-at-a-time way's
+    prompts = [f"prompt {i}" for i in range(4)]
+    no = Judged(np.zeros((0, 2, 2, 3), np.uint8), np.zeros(0, bool))
+    plan = AttackPlan("church", prompts, [0, 1, 2, 3], [random_latents(tiny_world_bundle, 2, i) for i in range(4)],
+                      random_latents(tiny_world_bundle, 2), Judged(np.zeros((4, 2, 2, 3), np.uint8), np.ones(4, bool)),
+                      "random", "church", [], [], no)
+    cfg = dataclasses.replace(smoke_params.attack.prefix, k=2, iterations=2, timesteps=3)
+    one = attack_speed.one_at_a_time(tiny_world_bundle, None, None, plan, cfg, smoke_params.sample)
+    batch = attack_speed.batched(tiny_world_bundle, None, None, plan, cfg, smoke_params.sample)
+    assert len(one) == 3 and one == batch  # prompt 0 is drawn already: three attacked, the same way
 
 
 def test_erase_sweep_arms_apply_to_all_or_one_method(erase_sweep, smoke_params):
