@@ -23,7 +23,6 @@ import dataclasses
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,13 +32,15 @@ from cdc.attack import AttackPlan, draw_judged, plan_attacks, prefix_asr, prefix
 from cdc.attacks.config import PrefixAttackConfig
 from cdc.attacks.embeddings import candidate_ids
 from cdc.attacks.prefix import prefix_attack
-from cdc.bundle import ModelBundle, load_bundle
+from cdc.bundle import ModelBundle
 from cdc.erase import erased_model
+from cdc.errors import CdcError
 from cdc.io import save_json
-from cdc.judge import JudgeNet, load_judge
+from cdc.judge import JudgeNet
 from cdc.params import SampleParams, load_params
 from cdc.system import hardware
-from cdc.world.data import World, load_world
+from cdc.workspace import load_family_inputs
+from cdc.world.data import World
 
 WAYS = ("one-at-a-time", "batched")
 
@@ -93,17 +94,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    data = Path(args.data)
-    anchors = data / "anchors" / args.concept
-    for path in (anchors, data / "models" / "world", data / "models" / "judge", data / "world" / "built"):
-        if not path.exists():
-            raise SystemExit(f"{path} does not exist: run `dvc repro anchors@{args.concept}` first")
-    if not Path(args.erased).exists():
-        raise SystemExit(f"--erased {args.erased} does not exist (erase stage outputs live in data/erase/<concept>/)")
-    world = load_world(data / "world" / "built")
-    judge = load_judge(data / "models" / "judge")
-    bundle = load_bundle("world", data / "models" / "world")
-    pairs, _, samples = load_anchors(anchors)
+    try:
+        inputs = load_family_inputs(args.data, args.concept, args.erased)
+    except CdcError as e:
+        raise SystemExit(str(e)) from None
+    world, judge, bundle = inputs.world, inputs.judge, inputs.bundle
+    pairs, _, samples = load_anchors(inputs.anchors)
     plan = plan_attacks(bundle, judge, world, pairs, samples, params.attack, params.sample)
     cfg = dataclasses.replace(params.attack.prefix, k=prefix_k(params.attack, plan.family))
     run = {"one-at-a-time": one_at_a_time, "batched": batched}

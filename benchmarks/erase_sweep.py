@@ -34,12 +34,12 @@ from pathlib import Path
 from cdc.ablate import run_arm, scorer
 from cdc.anchors import load_anchors
 from cdc.attack import plan_attacks
-from cdc.bundle import load_bundle
 from cdc.erase import retain_set
-from cdc.judge import load_judge
+from cdc.errors import CdcError
 from cdc.params import METHODS, EraseParams, load_params, with_overrides
 from cdc.system import hardware
-from cdc.world.data import load_world, other_concepts
+from cdc.workspace import load_family_inputs
+from cdc.world.data import other_concepts
 
 
 def arm_configs(erase: EraseParams, arm: str, methods: list[str]) -> dict:
@@ -76,11 +76,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     configs = [arm_configs(params.erase, arm, methods) for arm in arms]  # every arm checked before any runs
     cfg = with_overrides(params.evaluate, args.evaluate, "evaluate")
     sampler = with_overrides(params.sample, args.sample, "sample")
-    data = Path(args.data)
-    pairs, probe, samples = load_anchors(data / "anchors" / args.concept)
-    world = load_world(data / "world/built")
-    judge = load_judge(data / "models/judge")
-    bundle = load_bundle("world", data / "models/world")
+    try:
+        inputs = load_family_inputs(args.data, args.concept)
+    except CdcError as e:
+        raise SystemExit(str(e)) from None
+    world, judge, bundle = inputs.world, inputs.judge, inputs.bundle
+    pairs, probe, samples = load_anchors(inputs.anchors)
     retain = other_concepts(world, cfg.n_retain, cfg.seed)
     print(f"hardware: {hardware()}", flush=True)
     rows = []

@@ -22,20 +22,19 @@ import dataclasses
 import statistics
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from cdc.anchors import load_anchors
-from cdc.bundle import load_bundle
 from cdc.erase import erased_model
+from cdc.errors import CdcError
 from cdc.evaluate import erasure_row
 from cdc.io import save_json
-from cdc.judge import load_judge
 from cdc.params import load_params, with_overrides
 from cdc.system import hardware, resolve_precision
-from cdc.world.data import load_world, other_concepts
+from cdc.workspace import load_family_inputs
+from cdc.world.data import other_concepts
 
 RATES = ("in_set", "out_of_set", "retain_neighbors", "retain_all", "world_fid")
 
@@ -76,18 +75,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = args.setting if args.setting is not None else ["", "steps=10"]
     params = load_params(args.params)
     samplers = [with_overrides(params.sample, s, "sample") for s in settings]  # checked before any work
-    data = Path(args.data)
-    anchors = data / "anchors" / args.concept
-    for path in (anchors, data / "models" / "world", data / "models" / "judge", data / "world" / "built"):
-        if not path.exists():
-            raise SystemExit(f"{path} does not exist: run `dvc repro anchors@{args.concept}` first")
-    if args.erased is not None and not Path(args.erased).exists():
-        raise SystemExit(f"--erased {args.erased} does not exist (erase stage outputs live in data/erase/<concept>/)")
+    try:
+        inputs = load_family_inputs(args.data, args.concept, args.erased)
+    except CdcError as e:
+        raise SystemExit(str(e)) from None
     cfg = params.evaluate
-    world = load_world(data / "world" / "built")
-    judge = load_judge(data / "models" / "judge")
-    bundle = load_bundle("world", data / "models" / "world")
-    pairs, probe, _ = load_anchors(anchors)
+    world, judge, bundle = inputs.world, inputs.judge, inputs.bundle
+    pairs, probe, _ = load_anchors(inputs.anchors)
     retain = other_concepts(world, cfg.n_retain, cfg.seed)
 
     seconds: list[list[float]] = [[] for _ in settings]

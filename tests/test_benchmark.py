@@ -181,7 +181,7 @@ def test_erase_sweep_checks_overrides_before_loading_anything(erase_sweep, smoke
         erase_sweep.main([*argv, "--sample", "seed=one"])
     with pytest.raises(ParamsError, match="erase.doco.stepz"):
         erase_sweep.main([*argv, "--arm", "stepz=3"])
-    with pytest.raises(FileNotFoundError):  # valid overrides get as far as the (missing) anchors
+    with pytest.raises(SystemExit, match="anchors/church does not exist"):  # valid overrides reach the folders
         erase_sweep.main([*argv, "--evaluate", "seed=778", "--sample", "seed=1000", "--arm", "steps=3"])
 
 
