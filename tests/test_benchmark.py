@@ -248,6 +248,7 @@ def test_stage_times_sums_each_stage_from_the_executed_notebooks(tmp_path, capsy
     table = load_script("stage_times").main(["--executed", str(tmp_path)])
     assert [(r["stage"], r["runs"], r["total_min"], r["longest_min"]) for r in table] == [
         ("06_erase", 2, 2.0, 1.5), ("07_evaluate", 1, 10.0, 10.0)]
+    assert [r["wall_min"] for r in table] == [2.5, 10.0]  # 10:00 to 10:02:30: the gap between runs counts
     assert "all" in capsys.readouterr().out
     since = load_script("stage_times").main(["--executed", str(tmp_path), "--since", "2026-11-29T00:00:00+00:00"])
     assert [r["stage"] for r in since] == ["06_erase"]
