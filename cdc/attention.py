@@ -10,8 +10,7 @@ import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor
 
-# Attention kernel in training: auto = unfused on the CPU (fused bf16 backward is slow there), else fused SDPA.
-Attention = typing.Literal["auto", "sdpa", "unfused"]
+from cdc.choices import Attention
 
 
 def resolve_attention(attention: str, device: str | torch.device) -> str:

@@ -200,10 +200,10 @@ def cmd_judge(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The `cdc` argument parser."""
+    from cdc.choices import Precision
     from cdc.commands.erase import add_erase_parser
     from cdc.commands.evaluate import add_evaluate_parsers
     from cdc.commands.sweep import add_sweep_parser
-    from cdc.system import Precision
 
     parser = argparse.ArgumentParser(
         prog="cdc", description="Concept erasure toolkit: erase, generate, judge, evaluate and attack.")

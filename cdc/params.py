@@ -21,11 +21,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from cdc.attacks.config import InversionConfig, PrefixAttackConfig
-from cdc.attention import Attention
+from cdc.choices import Attention, Precision
 from cdc.config import Checked, bounded, check_names, check_steps
 from cdc.errors import ParamsError
 from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig, LoraGroup, LoraRunConfig
-from cdc.system import Precision
 
 T = TypeVar("T")
 

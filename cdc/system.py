@@ -8,8 +8,7 @@ import typing
 
 import torch
 
-# How a float32 UNet runs: auto = bf16 autocast where the hardware has native bf16, else fp32.
-Precision = typing.Literal["auto", "fp32", "bf16"]
+from cdc.choices import Precision
 
 
 def hardware() -> str:

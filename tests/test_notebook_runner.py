@@ -36,7 +36,7 @@ def executed_folder(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def main(monkeypatch):
-    """Run `python -m cdc.notebook ARGS` in this process (no 7 s re-import); returns what it exits with."""
+    """Run `python -m cdc.notebook ARGS` in this process (no second interpreter start); returns what it exits with."""
     monkeypatch.setitem(sys.modules, "papermill", None)  # any import of papermill would fail
 
     def run(*args: str) -> object:
@@ -101,3 +101,11 @@ def test_main_reports_a_failing_cell(tmp_path, monkeypatch, raised, one_line):
     assert message.startswith(f"error: {src}, cell 2")
     assert (message.count("\n") == 0) == one_line, message
     assert not out.exists()
+
+
+def test_runner_and_params_import_no_torch():
+    """Every DVC stage starts `python -m cdc.notebook`: reading params.yaml must not load torch or diffusers (seconds
+    per stage), which the notebook's own kernel loads anyway."""
+    code = "import sys, cdc.notebook, cdc.params; print(sorted({'torch', 'diffusers'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)
+    assert out.stdout.strip() == "[]"
