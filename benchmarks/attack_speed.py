@@ -27,19 +27,17 @@ from typing import Any
 
 import torch
 
-from cdc.anchors import load_anchors
 from cdc.attack import AttackPlan, draw_judged, plan_attacks, prefix_asr, prefix_k
 from cdc.attacks.config import PrefixAttackConfig
 from cdc.attacks.embeddings import candidate_ids
 from cdc.attacks.prefix import prefix_attack
 from cdc.bundle import ModelBundle
 from cdc.erase import erased_model
-from cdc.errors import CdcError
 from cdc.io import save_json
 from cdc.judge import JudgeNet
 from cdc.params import SampleParams, load_params
 from cdc.system import hardware
-from cdc.workspace import load_family_inputs
+from cdc.workspace import family_inputs_or_exit
 from cdc.world.data import World
 
 WAYS = ("one-at-a-time", "batched")
@@ -94,12 +92,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     params = load_params(args.params)
-    try:
-        inputs = load_family_inputs(args.data, args.concept, args.erased)
-    except CdcError as e:
-        raise SystemExit(str(e)) from None
+    inputs = family_inputs_or_exit(args.data, args.concept, args.erased)
     world, judge, bundle = inputs.world, inputs.judge, inputs.bundle
-    pairs, _, samples = load_anchors(inputs.anchors)
+    pairs, samples = inputs.pairs, inputs.samples
     plan = plan_attacks(bundle, judge, world, pairs, samples, params.attack, params.sample)
     cfg = dataclasses.replace(params.attack.prefix, k=prefix_k(params.attack, plan.family))
     run = {"one-at-a-time": one_at_a_time, "batched": batched}

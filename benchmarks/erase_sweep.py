@@ -32,13 +32,11 @@ import json
 from pathlib import Path
 
 from cdc.ablate import run_arm, scorer
-from cdc.anchors import load_anchors
 from cdc.attack import plan_attacks
 from cdc.erase import retain_set
-from cdc.errors import CdcError
 from cdc.params import METHODS, EraseParams, load_params, with_overrides
 from cdc.system import hardware
-from cdc.workspace import load_family_inputs
+from cdc.workspace import family_inputs_or_exit
 from cdc.world.data import other_concepts
 
 
@@ -76,12 +74,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     configs = [arm_configs(params.erase, arm, methods) for arm in arms]  # every arm checked before any runs
     cfg = with_overrides(params.evaluate, args.evaluate, "evaluate")
     sampler = with_overrides(params.sample, args.sample, "sample")
-    try:
-        inputs = load_family_inputs(args.data, args.concept)
-    except CdcError as e:
-        raise SystemExit(str(e)) from None
+    inputs = family_inputs_or_exit(args.data, args.concept)
     world, judge, bundle = inputs.world, inputs.judge, inputs.bundle
-    pairs, probe, samples = load_anchors(inputs.anchors)
+    pairs, probe, samples = inputs.pairs, inputs.probe, inputs.samples
     retain = other_concepts(world, cfg.n_retain, cfg.seed)
     print(f"hardware: {hardware()}", flush=True)
     rows = []

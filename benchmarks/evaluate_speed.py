@@ -26,14 +26,12 @@ from typing import Any
 
 import torch
 
-from cdc.anchors import load_anchors
 from cdc.erase import erased_model
-from cdc.errors import CdcError
 from cdc.evaluate import erasure_row
 from cdc.io import save_json
 from cdc.params import load_params, with_overrides
 from cdc.system import hardware, resolve_precision
-from cdc.workspace import load_family_inputs
+from cdc.workspace import family_inputs_or_exit
 from cdc.world.data import other_concepts
 
 RATES = ("in_set", "out_of_set", "retain_neighbors", "retain_all", "world_fid")
@@ -75,13 +73,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     settings = args.setting if args.setting is not None else ["", "steps=10"]
     params = load_params(args.params)
     samplers = [with_overrides(params.sample, s, "sample") for s in settings]  # checked before any work
-    try:
-        inputs = load_family_inputs(args.data, args.concept, args.erased)
-    except CdcError as e:
-        raise SystemExit(str(e)) from None
+    inputs = family_inputs_or_exit(args.data, args.concept, args.erased)
     cfg = params.evaluate
     world, judge, bundle = inputs.world, inputs.judge, inputs.bundle
-    pairs, probe, _ = load_anchors(inputs.anchors)
+    pairs, probe = inputs.pairs, inputs.probe
     retain = other_concepts(world, cfg.n_retain, cfg.seed)
 
     seconds: list[list[float]] = [[] for _ in settings]

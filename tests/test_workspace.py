@@ -3,7 +3,7 @@
 import pytest
 
 from cdc.errors import CdcError
-from cdc.workspace import load_family_inputs
+from cdc.workspace import family_inputs_or_exit, load_family_inputs
 
 
 def test_family_inputs_name_the_missing_folder_before_loading_any(tmp_path):
@@ -13,3 +13,8 @@ def test_family_inputs_name_the_missing_folder_before_loading_any(tmp_path):
         (tmp_path / folder).mkdir(parents=True)
     with pytest.raises(CdcError, match=r"nowhere does not exist \(erase stage outputs live in .*erase/church/\)"):
         load_family_inputs(tmp_path, "church", tmp_path / "nowhere")
+
+
+def test_scripts_exit_with_the_one_line_message(tmp_path):
+    with pytest.raises(SystemExit, match=r"anchors/fish does not exist: run `dvc repro anchors@fish` first"):
+        family_inputs_or_exit(tmp_path, "fish")
