@@ -22,7 +22,7 @@ from cdc.errors import ParamsError
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
 KEPT = ("advunlearn_speed", "attack_speed", "erase_speed", "erase_sweep", "evaluate_speed", "pretrain_speed",
-        "sample_speed", "sd_speed", "stage_times", "sweep_summary")
+        "sample_speed", "sd_speed", "stage_overhead", "stage_times", "sweep_summary")
 
 
 def load_script(name: str) -> ModuleType:
@@ -252,6 +252,22 @@ def test_stage_times_sums_each_stage_from_the_executed_notebooks(tmp_path, capsy
     assert "all" in capsys.readouterr().out
     since = load_script("stage_times").main(["--executed", str(tmp_path), "--since", "2026-11-29T00:00:00+00:00"])
     assert [r["stage"] for r in since] == ["06_erase"]
+
+
+def test_stage_overhead_times_each_part_and_leaves_the_lock_alone(tmp_path, capsys):
+    lock = tmp_path / "dvc.lock"
+    text = "schema: '2.0'\nstages:\n  world:\n    cmd: python -m cdc.notebook a.ipynb b.ipynb\n"
+    lock.write_text(text)
+    script = load_script("stage_overhead")
+    result = script.main(["--repeats", "1", "--lock", str(lock), "--json", str(tmp_path / "out.json")])
+    parts = ("runner_import", "empty_stage", "lock_parse", "lock_rewrite")
+    assert all(result[p]["median_s"] > 0 for p in parts) and result["lock"]["stages"] == 1
+    assert result["empty_stage"]["median_s"] > result["runner_import"]["median_s"]  # the runner is part of a stage
+    assert lock.read_text() == text  # the rewrite ran on a copy
+    assert json.loads((tmp_path / "out.json").read_text())["lock"]["lines"] == 4
+    assert "per stage outside its cells" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        script.main(["--lock", str(tmp_path / "missing.lock")])
 
 
 def sweep_rows() -> list[dict]:
