@@ -11,8 +11,9 @@ from cdc.io import load_json, save_text
 from cdc.params import AblateParams, MultiParams, RelearnParams, ReportParams, TradeoffParams, TransferParams
 from cdc.targets import RATES, clear_misses, interval, misses, returned_at
 
+# seconds, peak_mem_mb and hardware: the erase stage's record of the run (`<erase_dir>/<concept>/<method>.json`)
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
-           "seconds", "peak_mem_mb", *(f"{r}_n" for r in RATES)]
+           "seconds", "peak_mem_mb", "hardware", *(f"{r}_n" for r in RATES)]
 ATTACKS = {"asr_prefix": "prefix attack", "asr_inversion": "concept inversion"}
 # The attack stage's columns (cdc.attack.flat_row): each ASR with its interval and counts, and the pre-attack rate.
 ATTACK_COLUMNS = [f"{a}{s}" for a in ATTACKS for s in ("", "_lo", "_hi", "_n", "_nothing")] + [

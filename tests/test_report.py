@@ -44,7 +44,8 @@ def table(tmp_path) -> pd.DataFrame:
                 for m, i, o, a, r, f in [("base", 0.9, 0.75, 1.0, 1.0, 3.2), ("doco", 0.0, 0.0, 0.9375, 0.4, 6.8),
                                          ("esd", 0.0, 0.0625, 1.0, 0.95, 30.0)]]
         save_json(rows, tmp_path / "eval" / f"{concept}.json")
-        save_json({"seconds": 82.8, "peak_mem_mb": 749}, tmp_path / "erase" / concept / "doco.json")
+        save_json({"seconds": 82.8, "peak_mem_mb": 749, "hardware": "Some CPU, 2 cores, torch 2 threads"},
+                  tmp_path / "erase" / concept / "doco.json")
         save_json([attack_row(concept, m) for m in ("base", "doco", "esd")], tmp_path / "attack" / f"{concept}.json")
     return erase_table(["church", "fish"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS,
                        tmp_path / "attack")
@@ -100,6 +101,11 @@ def test_markdown_table_reads_back_from_the_csv(table, tmp_path):
     path = tmp_path / "erase.csv"
     table.to_csv(path, index=False, float_format="%.4f")
     assert markdown_table(pd.read_csv(path), TARGETS) == markdown_table(table, TARGETS)
+
+
+def test_erase_table_records_where_each_erasure_ran(table):
+    assert set(table[table.method == "doco"].hardware) == {"Some CPU, 2 cores, torch 2 threads"}
+    assert table[table.method == "base"].hardware.isna().all()  # nothing was erased: no run record
 
 
 def test_erase_table_needs_every_attack_row(table, tmp_path):
