@@ -29,14 +29,14 @@ from typing import Any
 
 import torch
 
-from cdc.attacks.embeddings import candidate_ids, insert_prefix
 from cdc.bundle import ModelBundle, load_bundle
+from cdc.embeddings import candidate_ids, insert_prefix
+from cdc.encoder_io import trainable_copy
 from cdc.io import save_json
 from cdc.methods.advunlearn import Models, random_prefix, soft_prompt_attack, train_advunlearn
 from cdc.methods.config import AdvUnlearnConfig
-from cdc.methods.text_encoder import trainable_copy
 from cdc.methods.train import encode, make_generator
-from cdc.params import load_params
+from cdc.stages.params import load_params
 from cdc.system import hardware
 
 TARGETS = ("a church", "a church, twemoji style", "a chapel, openmoji style", "an emoji of a church")

@@ -27,17 +27,17 @@ from typing import Any
 
 import torch
 
-from cdc.attack import AttackPlan, draw_judged, plan_attacks, prefix_asr, prefix_k
 from cdc.attacks.config import PrefixAttackConfig
-from cdc.attacks.embeddings import candidate_ids
 from cdc.attacks.prefix import prefix_attack
 from cdc.bundle import ModelBundle
-from cdc.erase import erased_model
+from cdc.embeddings import candidate_ids
+from cdc.erased import erased_model
 from cdc.io import save_json
 from cdc.judge import JudgeNet
-from cdc.params import SampleParams, load_params
+from cdc.stages.attack import AttackPlan, draw_judged, plan_attacks, prefix_asr, prefix_k
+from cdc.stages.params import SampleParams, load_params
+from cdc.stages.workspace import family_inputs_or_exit
 from cdc.system import hardware
-from cdc.workspace import family_inputs_or_exit
 from cdc.world.data import World
 
 WAYS = ("one-at-a-time", "batched")

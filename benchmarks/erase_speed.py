@@ -49,14 +49,14 @@ import torch
 from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler
 from cdc.codec import SpaceToDepthCodec
 from cdc.io import save_json
+from cdc.lora import GROUPS, add_lora, base_model, lora_parameters, remove_lora, tuner_layers
+from cdc.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.config import DocoConfig
 from cdc.methods.doco import train_doco
-from cdc.methods.lora import GROUPS, add_lora, base_model, lora_parameters, remove_lora, tuner_layers
-from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import MODES, clip_grads
 from cdc.methods.train import apply_step, grads_of, make_generator, make_optimizer, paired_data
-from cdc.params import Params, load_params
-from cdc.pretrain import world_unet_from_params
+from cdc.stages.params import Params, load_params
+from cdc.stages.pretrain import world_unet_from_params
 from cdc.text import MiniLMEncoder
 
 VARIANTS = ("plain", "doco-warmup", "doco-full", "plain-2b", "frozen-b")

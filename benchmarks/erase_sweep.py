@@ -18,7 +18,7 @@ Choosing a setting on the rows the paper reports would tune on the test set. `--
 erase itself is untouched): other image seeds and another seeded sample of retained concepts, a
 validation split of the same protocol. `--with-base` adds the base model's row under the
 same evaluation, so utility can be read relative to base as in erase.csv. `--attack` also attacks each
-model exactly as the attack stage does (`cdc.attack.attack_row`, params.yaml's `attack` section), adding the
+model exactly as the attack stage does (`cdc.stages.attack.attack_row`, params.yaml's `attack` section), adding the
 ASR columns of erase.csv: AdvUnlearn's ablations are
 
     python benchmarks/erase_sweep.py --concept church --method advunlearn --with-base --attack \
@@ -31,12 +31,12 @@ import argparse
 import json
 from pathlib import Path
 
-from cdc.ablate import run_arm, scorer
-from cdc.attack import plan_attacks
-from cdc.erase import retain_set
-from cdc.params import METHODS, EraseParams, load_params, with_overrides
+from cdc.stages.ablate import run_arm, scorer
+from cdc.stages.attack import plan_attacks
+from cdc.stages.erase import retain_set
+from cdc.stages.params import METHODS, EraseParams, load_params, with_overrides
+from cdc.stages.workspace import family_inputs_or_exit
 from cdc.system import hardware
-from cdc.workspace import family_inputs_or_exit
 from cdc.world.data import other_concepts
 
 

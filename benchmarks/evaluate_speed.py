@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from cdc.erase import erased_model
+from cdc.erased import erased_model
 from cdc.evaluate import erasure_row
 from cdc.io import save_json
-from cdc.params import load_params, with_overrides
+from cdc.stages.params import load_params, with_overrides
+from cdc.stages.workspace import family_inputs_or_exit
 from cdc.system import hardware, resolve_precision
-from cdc.workspace import family_inputs_or_exit
 from cdc.world.data import other_concepts
 
 RATES = ("in_set", "out_of_set", "retain_neighbors", "retain_all", "world_fid")

@@ -3,7 +3,7 @@
     python benchmarks/pretrain_speed.py --steps 30 --repeats 2 [--json out.json]
 
 Pretraining is the one stage whose time issue 3 bounds (60 min on a 2-core CPU). Both arms run the
-`pretrain` stage's own loop (`cdc.pretrain.train_world_model`) on the architecture, batch size and
+`pretrain` stage's own loop (`cdc.stages.pretrain.train_world_model`) on the architecture, batch size and
 every other knob of the params file's `pretrain` section (params.yaml by default) but precision and
 attention, with random weights, random renders (N(0, 1) in UNet space) and random float16 contexts of
 MiniLM's shape: a step's cost does not depend on what the tensors hold.
@@ -36,8 +36,8 @@ import torch
 
 from cdc.bundle import make_world_scheduler
 from cdc.codec import SpaceToDepthCodec
-from cdc.params import PretrainParams, load_params
-from cdc.pretrain import train_world_model, world_unet_from_params
+from cdc.stages.params import PretrainParams, load_params
+from cdc.stages.pretrain import train_world_model, world_unet_from_params
 from cdc.system import hardware, native_bf16
 from cdc.text import MiniLMEncoder
 

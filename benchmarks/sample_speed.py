@@ -40,8 +40,8 @@ import torch
 
 from cdc.bundle import ModelBundle, load_bundle
 from cdc.judge import load_judge, predict
-from cdc.params import SampleParams, load_params
 from cdc.sampler import sample
+from cdc.stages.params import SampleParams, load_params
 from cdc.system import hardware, resolve_precision
 
 PROMPTS = ("a church", "a house, openmoji style", "a fish", "an articulated lorry", "a parachute", "a dagger",

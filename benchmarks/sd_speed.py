@@ -43,14 +43,14 @@ import torch
 from cdc.bundle import ModelBundle
 from cdc.codec import VaeCodec
 from cdc.io import save_json
+from cdc.lora import remove_lora
 from cdc.methods.advunlearn import train_advunlearn
 from cdc.methods.ca import train_ca
 from cdc.methods.config import AdvUnlearnConfig
 from cdc.methods.doco import train_doco
 from cdc.methods.esd import train_esd
-from cdc.methods.lora import remove_lora
-from cdc.params import load_params
 from cdc.sampler import sample
+from cdc.stages.params import load_params
 from cdc.system import hardware, peak_memory_mb
 from cdc.text import ClipEncoder
 

@@ -2,13 +2,13 @@
 
     python benchmarks/stage_overhead.py [--repeats 3] [--lock dvc.lock] [--json out.json]
 
-Every stage runs `python -m cdc.notebook` (the runner: it reads the notebook and starts papermill), papermill
+Every stage runs `python -m cdc.stages.notebook` (the runner: it reads the notebook and starts papermill), papermill
 starts a kernel and runs the cells, and DVC then records the stage in dvc.lock by reading, changing and
 rewriting the whole file. `stage_times.py` shows the sum of these as the gap between notebooks; this script
 times each part on its own, median over `--repeats`:
 
-- runner import: a fresh interpreter importing `cdc.notebook` (it must not load torch);
-- empty stage: `python -m cdc.notebook` on a one-cell notebook, end to end (runner, kernel, atomic write);
+- runner import: a fresh interpreter importing `cdc.stages.notebook` (it must not load torch);
+- empty stage: `python -m cdc.stages.notebook` on a one-cell notebook, end to end (runner, kernel, atomic write);
 - lock parse and lock rewrite: DVC's own YAML reader, and its read-modify-write, on a copy of `--lock`.
 """
 
@@ -76,8 +76,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 data["stages"] = dict(data.get("stages") or {})
 
         result = {
-            "runner_import": timed(lambda: run(sys.executable, "-c", "import cdc.notebook"), args.repeats),
-            "empty_stage": timed(lambda: run(sys.executable, "-m", "cdc.notebook", str(empty),
+            "runner_import": timed(lambda: run(sys.executable, "-c", "import cdc.stages.notebook"), args.repeats),
+            "empty_stage": timed(lambda: run(sys.executable, "-m", "cdc.stages.notebook", str(empty),
                                              str(folder / "out" / "00_empty.ipynb")), args.repeats),
             "lock_parse": timed(lambda: parse_yaml(text, str(args.lock)), args.repeats),
             "lock_rewrite": timed(rewrite, args.repeats),

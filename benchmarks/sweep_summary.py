@@ -16,7 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-from cdc.params import ReportParams, load_section
+from cdc.stages.params import ReportParams, load_section
 from cdc.targets import misses
 
 VALIDATION_RATES = ("in_set", "retain_neighbors", "retain_all")  # out-of-set prompts belong to the test split

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from cdc.bundle import ModelBundle
+from cdc.config import PHRASES, SampleParams
 from cdc.io import atomic_path, load_json, save_json, save_npz
-from cdc.params import PHRASES, SampleParams
 from cdc.sampler import sample
 from cdc.world.captions import CANONICAL_STYLE, STYLE_SUFFIXES, canonical_prompt, with_article
 from cdc.world.data import World

@@ -8,3 +8,6 @@ from typing import Literal
 Attention = Literal["auto", "sdpa", "unfused"]
 # How a float32 UNet runs: auto = bf16 autocast where the hardware has native bf16, else fp32.
 Precision = Literal["auto", "fp32", "bf16"]
+# The UNet layers a LoRA adapts. xattn-kv: cross-attention K/V (DoCo's and CA's released default); xattn: attn2
+# Q/K/V/out (ESD-x); attn: self- and cross-attention Q/K/V/out; full: every Linear/Conv2d in the UNet blocks.
+LoraGroup = Literal["xattn-kv", "xattn", "attn", "full"]

@@ -1,11 +1,14 @@
-"""Base of every configuration dataclass: value checks that run however the dataclass is built."""
+"""Configuration dataclasses the library takes, and their base: value checks that run however one is built."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
 import typing
+from dataclasses import dataclass
 from typing import Any, Literal
+
+from cdc.choices import Precision
 
 
 def bounded(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False,
@@ -75,3 +78,60 @@ def check_steps(what: str, steps: list[int]) -> list[int]:
     if not steps or steps[0] < 0 or steps[-1] < 1 or any(b <= a for a, b in zip(steps, steps[1:])):
         raise ValueError(f"{what} must be increasing steps >= 0 ending above 0, got {steps}")
     return steps
+
+
+# ------------------------------------------------------------------ settings the library reads
+
+Phrases = Literal["all", "names", "drawn"]  # anchors.phrases; cdc.anchors.erase_pairs builds each
+PHRASES = typing.get_args(Phrases)
+
+
+@dataclass(frozen=True)
+class JudgeParams(Checked):
+    """Train the concept/style classifier used to score generated images."""
+
+    steps: int = bounded(1)
+    batch_size: int = bounded(1)
+    lr: float = bounded(0, lo_open=True)  # peak of the one-cycle schedule
+    width: int = bounded(1)  # channels of the first conv block
+    weight_decay: float = bounded(0)  # AdamW, on conv and linear weights only
+    label_smoothing: float = bounded(0, 1, hi_open=True)
+    augment_strength: float = bounded(0)  # scale of the colour, affine and blur augmentation
+    eval_renders: int = bounded(1)  # augmented held-out renders per image for the accuracy report
+    seed: int = bounded(0)
+    log_every: int = bounded(1)  # steps between history rows
+
+
+@dataclass(frozen=True)
+class SampleParams(Checked):
+    """The sampler every later stage and `cdc generate` use (DDIM with classifier-free guidance)."""
+
+    steps: int = bounded(1)
+    guidance: float = bounded(0)  # classifier-free guidance scale; 1 = no unconditional pass
+    eta: float = bounded(0, 1)  # 0 = deterministic DDIM, 1 = DDPM-like stochastic steps
+    batch_size: int = bounded(1)
+    seed: int = bounded(0)  # first seed of `cdc generate`
+    precision: Precision  # UNet arithmetic: "auto" = bf16 autocast where the hardware has it natively
+
+
+@dataclass(frozen=True)
+class EvaluateParams(Checked):
+    """Judge every erased model and the base model on the same prompts and seeds."""
+
+    images_per_prompt: int = bounded(1)  # seeds per in-set and out-of-set prompt
+    in_set_images: int = bounded(1)  # fewer seeds per in-set prompt where the family has many (at least 1 each)
+    retain_images: int = bounded(1)  # seeds per (retained concept, style) prompt
+    n_retain: int = bounded(1)  # retained concepts outside every family (retain_all)
+    fid_images: int = bounded(2)  # generated images for world-FID (a fixed seeded subset of renders)
+    seed: int = bounded(0)  # sampling seeds, apart from the anchors stage's
+
+
+@dataclass(frozen=True)
+class ReportParams(Checked):
+    """What the report calls a successful erasure and how sure its intervals are."""
+
+    in_set_max: float = bounded(0, 1)  # erased: the judge sees the family on its training prompts at most this often
+    out_of_set_max: float = bounded(0, 1)  # ... and on paraphrases never trained on
+    neighbors_min: float = bounded(0, 1)  # kept: retain_neighbors at least this x the base model's
+    retain_all_min: float = bounded(0, 1)  # kept: retain_all at least this x the base model's
+    confidence: float = bounded(0, 1, lo_open=True, hi_open=True)  # Wilson intervals on every rate

@@ -8,9 +8,9 @@ import numpy as np
 from torch import nn
 
 from cdc.bundle import ModelBundle
+from cdc.config import EvaluateParams, SampleParams
 from cdc.fid import world_fid
 from cdc.judge import JudgeNet, predict
-from cdc.params import EvaluateParams, SampleParams
 from cdc.sampler import sample
 from cdc.world.captions import canonical_prompt
 from cdc.world.data import World, other_concepts

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -78,8 +79,12 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _move_into_place(tmp: Path, path: Path) -> None:
-    """Replace `path` by `tmp`; directories are swapped via a rename-away so no mix is visible."""
+def _move_into_place(tmp: Path, path: Path, replace: bool = True) -> None:
+    """Replace `path` by `tmp`; directories are swapped via a rename-away so no mix is visible.
+
+    replace=False: `path` must still be absent (or an empty folder) when the move happens; what another
+    process put there meanwhile stays, and this run's output is kept beside it (FileExistsError names both).
+    """
     if not (tmp.exists() or tmp.is_symlink()):
         raise FileNotFoundError(f"nothing was written for {path} (expected {tmp})")
     existing, new = _existing_kind(path), _existing_kind(tmp) or "file"
@@ -87,6 +92,9 @@ def _move_into_place(tmp: Path, path: Path) -> None:
     # other way round; only a directory refreshes a directory.
     if existing is not None and existing != new:
         raise _kind_error(path, existing, new)
+    if not replace:
+        _move_without_replacing(tmp, path)
+        return
     replacing_dir = path.is_dir() and not path.is_symlink()
     if not replacing_dir and not tmp.is_dir():
         os.replace(tmp, path)  # atomic for files on one filesystem
@@ -106,6 +114,25 @@ def _move_into_place(tmp: Path, path: Path) -> None:
         raise
     if had_old:
         _remove(old)
+
+
+def _move_without_replacing(tmp: Path, path: Path) -> None:
+    """Move `tmp` to `path` only if nothing is there (an empty folder counts as nothing): a folder by rename,
+    which the kernel refuses onto a non-empty folder; a file by a hard link, which refuses any existing name."""
+    try:
+        if tmp.is_dir():
+            os.rename(tmp, path)
+        else:
+            os.link(tmp, path)
+            tmp.unlink()
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EEXIST, errno.ENOTEMPTY):
+            raise
+    kept = path.with_name(f"{path.name}.{os.getpid()}")
+    os.rename(tmp, kept)
+    raise FileExistsError(f"{path} appeared while this command ran (another run?); it was left as it is, and "
+                          f"this run's output is at {kept}")
 
 
 # While an output is being moved into place (main thread only), SIGTERM is recorded, not raised.
@@ -156,7 +183,8 @@ def _sigterm_raises() -> Iterator[None]:
 
 
 @contextmanager
-def atomic_path(path: str | os.PathLike[str], kind: OutputKind | None = None) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], kind: OutputKind | None = None, *,
+                replace: bool = True) -> Iterator[Path]:
     """Yield a temporary sibling of `path` to write (a file or a directory); move it to `path` on success.
 
     The caller creates the temporary path (e.g. `save_pretrained(tmp)` or `tmp.mkdir()`). The parent
@@ -164,6 +192,8 @@ def atomic_path(path: str | os.PathLike[str], kind: OutputKind | None = None) ->
     no partial output is ever left at `path`; an OSError (e.g. a full disk) is re-raised naming `path`.
     A file never replaces a directory nor a directory a file (OutputKindError, `path` untouched);
     with `kind` given this is checked up front by `check_output`, else when moving into place.
+    replace=False: never replace what is at `path` when the move happens (a command's output that the user
+    did not ask to overwrite; see `_move_without_replacing`).
     The temporary name is `.{name}.tmp-{pid}{suffix}`: keeping the suffix matters because PIL,
     numpy (`savez` appends `.npz`) and papermill look at the extension.
     """
@@ -179,7 +209,7 @@ def atomic_path(path: str | os.PathLike[str], kind: OutputKind | None = None) ->
         try:
             yield tmp
             with _hold_sigterm():
-                _move_into_place(tmp, path)
+                _move_into_place(tmp, path, replace)
         except OSError as exc:
             _remove(tmp)
             if str(path) in str(exc) or exc.errno is None:

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cdc.augment import augment
-from cdc.params import JudgeParams
+from cdc.config import JudgeParams
 
 IMAGE_SIZE = 32
 # Per-channel statistics of white-background emoji renders (mostly white); only used to centre inputs.

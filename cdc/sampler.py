@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from cdc.bundle import ModelBundle
+from cdc.config import SampleParams
 from cdc.errors import CdcError
-from cdc.params import SampleParams
 from cdc.system import resolve_precision
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 from scipy.stats import binomtest
 
-from cdc.params import ReportParams
+from cdc.config import ReportParams
 
 RATES = ("in_set", "out_of_set", "retain_neighbors", "retain_all")  # each judged on a count of images
 _EPS = 1e-9  # 0.9 x 1.0 and 36 / 40 must compare equal

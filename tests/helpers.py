@@ -25,7 +25,7 @@ def random_latents(bundle: ModelBundle, n: int = 4, seed: int = 0) -> torch.Tens
 def teach(bundle: ModelBundle, prompts: list[str], latents: torch.Tensor, steps: int, seed: int = 0) -> ModelBundle:
     """A copy of `bundle` whose UNet was trained `steps` Adam steps to denoise latents[i] (N, C, h, w) for
     prompts[i], then frozen: a tiny model that draws different things for different prompts."""
-    from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
+    from cdc.losses import mse, noisy_latents, target_for, unet_pred
 
     bundle = fresh(bundle)
     n_threads = torch.get_num_threads()

@@ -8,9 +8,9 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cdc.ablate import reanchored
 from cdc.anchors import erase_pairs
 from cdc.sampler import sample
+from cdc.stages.ablate import reanchored
 
 
 def _samples(n_pairs: int, per_pair: int = 2) -> dict[str, np.ndarray]:

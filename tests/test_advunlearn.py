@@ -11,7 +11,9 @@ import pytest
 import torch
 from helpers import fresh, random_latents
 
-from cdc.attacks.embeddings import candidate_ids, insert_prefix
+from cdc.embeddings import candidate_ids, insert_prefix
+from cdc.encoder_io import TextEncoderError, load_text_encoder, save_text_encoder, trainable_copy
+from cdc.losses import mse, noisy_latents, unet_pred
 from cdc.methods import advunlearn
 from cdc.methods.advunlearn import (
     HISTORY_KEYS,
@@ -23,8 +25,6 @@ from cdc.methods.advunlearn import (
     train_advunlearn,
 )
 from cdc.methods.config import AdvUnlearnConfig
-from cdc.methods.losses import mse, noisy_latents, unet_pred
-from cdc.methods.text_encoder import TextEncoderError, load_text_encoder, save_text_encoder, trainable_copy
 from cdc.methods.train import make_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -11,14 +11,15 @@ import pytest
 import torch
 from helpers import fresh, random_latents
 
-from cdc import attack
 from cdc.anchors import Pairs
-from cdc.attack import Judged, attacked_prompts, concept_init, prefix_asr
 from cdc.attacks.config import RANDOM_INIT, PrefixAttackConfig
-from cdc.erase import erased_model, original_model, retain_set, run_method, save_erased
+from cdc.erased import erased_model, original_model, save_erased
+from cdc.lora import tuner_layers
 from cdc.methods.advunlearn import train_advunlearn
 from cdc.methods.ca import train_ca
-from cdc.methods.lora import tuner_layers
+from cdc.stages import attack
+from cdc.stages.attack import Judged, attacked_prompts, concept_init, prefix_asr
+from cdc.stages.erase import retain_set, run_method
 from cdc.world.data import World
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -157,8 +158,8 @@ def test_prefix_asr_in_one_batch_equals_one_attack_at_a_time(tiny_world_bundle, 
     """The stage attacks every prompt in one batch, with one batched detector check per round; each prompt gets
     the tokens, rounds and verdict that attacking it alone with the released stop rule gives, and its losses up to
     the round-off of a larger batch."""
-    from cdc.attacks.embeddings import candidate_ids
     from cdc.attacks.prefix import prefix_attack
+    from cdc.embeddings import candidate_ids
 
     def drawn(prompt: str) -> bool:  # a stub detector: some rewritten prompts are "drawn", at various rounds
         return prompt.startswith("prompt") is False and sum(map(ord, prompt)) % 3 == 0

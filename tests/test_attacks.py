@@ -12,18 +12,18 @@ from helpers import fresh, random_latents, teach
 
 from cdc.attacks.asr import attack_success_rate
 from cdc.attacks.config import PrefixAttackConfig
-from cdc.attacks.embeddings import (
-    candidate_ids,
-    context_from_embeddings,
-    insert_prefix,
-    token_table,
-    token_text,
-)
 from cdc.attacks.prefix import (
     prefix_attack,
     prefix_loss,
     project_simplex,
     t_grid,
+)
+from cdc.embeddings import (
+    candidate_ids,
+    context_from_embeddings,
+    insert_prefix,
+    token_table,
+    token_text,
 )
 from cdc.methods.ca import train_ca
 

@@ -93,7 +93,7 @@ def test_erase_speed_rejects_bad_arguments_and_a_missing_model(erase_speed, tmp_
 
 def test_overrides_are_checked_like_params_yaml(smoke_params):
     from cdc.errors import ParamsError
-    from cdc.params import with_overrides
+    from cdc.stages.params import with_overrides
 
     recipe = "steps=10 pooled_noise=0.25 block_channels=[32,32] cross_attention=[false,true]"
     cfg = with_overrides(smoke_params.pretrain, recipe, "pretrain")
@@ -129,7 +129,7 @@ def test_attack_speed_checks_folders_and_both_ways_find_the_same(smoke_params, s
     import numpy as np
     from helpers import random_latents
 
-    from cdc.attack import AttackPlan, Judged
+    from cdc.stages.attack import AttackPlan, Judged
 
     attack_speed = load_script("attack_speed")
     argv = ["--params", str(smoke_params_path), "--data", str(tmp_path), "--erased", str(tmp_path / "lora")]
@@ -142,9 +142,9 @@ def test_attack_speed_checks_folders_and_both_ways_find_the_same(smoke_params, s
         hits = [p == "prompt 0" or (not p.startswith("prompt") and sum(map(ord, p)) % 3 == 0) for p in prompts]
         return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.asarray(hits))
 
-    import cdc.attack
+    import cdc.stages.attack
 
-    monkeypatch.setattr(cdc.attack, "draw_judged", judged)  # the batched way's
+    monkeypatch.setattr(cdc.stages.attack, "draw_judged", judged)  # the batched way's
     monkeypatch.setattr(attack_speed, "draw_judged", judged)  # the one-at-a-time way's
     prompts = [f"prompt {i}" for i in range(4)]
     no = Judged(np.zeros((0, 2, 2, 3), np.uint8), np.zeros(0, bool))
@@ -256,7 +256,7 @@ def test_stage_times_sums_each_stage_from_the_executed_notebooks(tmp_path, capsy
 
 def test_stage_overhead_times_each_part_and_leaves_the_lock_alone(tmp_path, capsys):
     lock = tmp_path / "dvc.lock"
-    text = "schema: '2.0'\nstages:\n  world:\n    cmd: python -m cdc.notebook a.ipynb b.ipynb\n"
+    text = "schema: '2.0'\nstages:\n  world:\n    cmd: python -m cdc.stages.notebook a.ipynb b.ipynb\n"
     lock.write_text(text)
     script = load_script("stage_overhead")
     result = script.main(["--repeats", "1", "--lock", str(lock), "--json", str(tmp_path / "out.json")])

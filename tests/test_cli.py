@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cdc.bundle import save_world_bundle
-from cdc.cli import build_parser, main, sampler_settings
-from cdc.params import load_section
+from cdc.cli.main import build_parser, main, sampler_settings
+from cdc.stages.params import load_section
 
 FAST: list[str] = []  # set by the autouse fixture below: the smoke params, 2 sampler steps, quiet, CPU
 
@@ -168,6 +168,11 @@ def test_judge_folder(judge_dir: Path, tmp_path: Path) -> None:
         r["concept"] in {"church", "fish", "bomb", "house"} and r["style"] in {"twemoji", "openmoji"} for r in rows
     )
     assert all(0 < float(r["concept_conf"]) <= 1 and 0.5 <= float(r["style_conf"]) <= 1 for r in rows)
+    # an existing --out is kept unless --overwrite says otherwise
+    out.write_text("mine\n")
+    args = ["judge", "--judge", str(judge_dir), "--images", str(imgs), "--out", str(out), "--quiet", "--device", "cpu"]
+    assert main(args) == 2 and out.read_text() == "mine\n"
+    assert main([*args, "--overwrite"]) == 0 and out.read_text().startswith("file,concept")
 
 
 def test_judge_generate_folder(
@@ -265,8 +270,8 @@ def _cdc_lora(bundle, folder: Path, nan: bool = False) -> None:
 
     import torch
 
+    from cdc.lora import add_lora, lora_parameters
     from cdc.lora_io import save_lora
-    from cdc.methods.lora import add_lora, lora_parameters
 
     unet = add_lora(copy.deepcopy(bundle.unet), "xattn-kv", 2, None, 0)
     with torch.no_grad():

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cdc.methods.discriminator import default_stages, logit_size, make_discriminator
+from cdc.discriminator import default_stages, logit_size, make_discriminator
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

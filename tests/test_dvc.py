@@ -8,6 +8,7 @@ tests follow renames and splits of cdc modules; their failure messages print the
 from __future__ import annotations
 
 import ast
+import functools
 import itertools
 import json
 import re
@@ -152,17 +153,39 @@ def folded(files: set[str], every: list[str]) -> list[str]:
     return sorted(deps)
 
 
+METHOD_DEP = "cdc/methods/${item.method}.py"  # the erase stage's own-code dep: one module per method
+
+
+def method_modules() -> list[str]:
+    """The module each method of params.yaml's erase.methods trains with (`cdc.stages.erase.method_module`)."""
+    return [f"cdc.methods.{m}" for m in read_yaml(REPO / "params.yaml")["erase"]["methods"]]
+
+
 def stage_analysis(body: dict) -> dict[str, Any]:
     """What a stage imports against what its deps declare.
 
+    A stage with the templated dep `cdc/methods/${item.method}.py` is checked once per method: its notebook's
+    closure plus that method's module must be covered by the shared deps and the method's own file, and a shared
+    dep is used when any method needs it.
     missing: closure files no dep covers. unused: cdc deps to drop, each with the reason. ideal: the cdc deps the
     stage should list (a folder where every module under it is imported, files otherwise), sorted.
     unresolved: imported cdc modules that name no file (the notebook would fail).
     """
-    files, unresolved = closure(notebook_imports(stage_notebook(body)))
+    roots = notebook_imports(stage_notebook(body))
     deps = [d for d in dep_paths(body) if is_package_dep(d)]
+    templated = METHOD_DEP in deps
+    deps = [d for d in deps if d != METHOD_DEP]
+    items = [(m, module_file(m)) for m in method_modules()] if templated else [(None, None)]
+    files: set[str] = set()
+    unresolved: set[str] = set()
+    missing: set[str] = set()
+    for module, own in items:
+        found, lost = closure(roots | ({module} if module else set()))
+        unresolved |= lost
+        shared = found - {own}
+        files |= shared
+        missing |= {f for f in shared if not any(covers(d, f) for d in deps)}
     every = package_files()
-    missing = sorted(f for f in files if not any(covers(d, f) for d in deps))
     unused: dict[str, str] = {}
     for dep in deps:
         covered = [f for f in every if covers(dep, f)]
@@ -173,15 +196,16 @@ def stage_analysis(body: dict) -> dict[str, Any]:
             unused[dep] = "folder also covers modules not imported: " + ", ".join(f for f in covered if f not in files)
         elif any(o != dep and covers(o, dep) for o in deps):
             unused[dep] = "already covered by a folder dep"
-    return {"files": files, "unresolved": sorted(unresolved), "missing": missing, "unused": unused,
-            "deps": deps, "ideal": folded(files, every)}
+    ideal = folded(files, every) + ([METHOD_DEP] if templated else [])
+    return {"files": files, "unresolved": sorted(unresolved), "missing": sorted(missing), "unused": unused,
+            "deps": deps, "ideal": ideal}
 
 
 def fix_lines(name: str, body: dict, result: dict[str, Any]) -> str:
     """The dvc.yaml edit for one stage: lines to add and to remove, then the cdc block as it should read."""
     ideal = result["ideal"]
     lines = [f"stage {name} ({stage_notebook(body)}):"]
-    lines += [f"  add:    - {d}" for d in ideal if d not in result["deps"]]
+    lines += [f"  add:    - {d}" for d in ideal if d not in result["deps"] and d != METHOD_DEP]
     for dep in result["deps"]:
         if dep not in ideal:
             why = result["unused"].get(dep) or "covered by " + " ".join(d for d in ideal if covers(d, dep))
@@ -193,9 +217,10 @@ def fix_lines(name: str, body: dict, result: dict[str, Any]) -> str:
 
 def test_closure_helpers():
     """The closure resolves `from pkg import module`, includes parent packages and walks nested imports."""
-    tree = ast.parse("def f():\n    from cdc.world import captions\n    import cdc.io\nfrom cdc.params import X\n")
+    tree = ast.parse("def f():\n    from cdc.world import captions\n    import cdc.io\n"
+                     "from cdc.stages.params import X\n")
     found = set(imported_modules(tree))
-    assert found == {"cdc.world.captions", "cdc.io", "cdc.params"}
+    assert found == {"cdc.world.captions", "cdc.io", "cdc.stages.params"}
     files, unresolved = closure(["cdc.world.captions", "cdc.nope"])
     assert {"cdc/__init__.py", "cdc/world/__init__.py", "cdc/world/captions.py"} <= files
     assert unresolved == {"cdc.nope"}
@@ -308,7 +333,7 @@ def test_lock_uses_one_world_model():
     assert not problems, "dvc.lock stages not run on the current shared outputs:\n" + "\n".join(problems)
 
 
-CONFIG_MODULES = {"cdc/params.py", "cdc/config.py", "cdc/methods/config.py"}
+CONFIG_MODULES = {"cdc/stages/params.py", "cdc/config.py", "cdc/methods/config.py"}
 
 
 @pytest.mark.parametrize(("module", "forbidden"), [
@@ -330,4 +355,74 @@ def test_lower_layers_import_no_config(module, forbidden):
 def test_methods_package_imports_nothing():
     """Reading one method's config must not import every method (it would make every stage depend on them)."""
     files, _ = closure(["cdc.methods.config"])
-    assert files == {"cdc/__init__.py", "cdc/methods/__init__.py", "cdc/methods/config.py", "cdc/config.py"}
+    assert files == {"cdc/__init__.py", "cdc/methods/__init__.py", "cdc/methods/config.py", "cdc/config.py",
+                     "cdc/choices.py"}
+
+
+# ---------------------------------------------------------------- what a change re-runs
+
+
+@functools.cache
+def live_stages() -> list[tuple[str, list[str], list[str]]]:
+    """(name, deps, outs) of every stage that is not frozen, as DVC itself expands dvc.yaml."""
+    from dvc.repo import Repo
+
+    with Repo(str(REPO)) as repo:
+        return [(s.addressing, [str(d.def_path) for d in s.deps], [str(o.def_path) for o in s.outs])
+                for s in repo.index.stages if not s.frozen]
+
+
+def rerun_after_touching(path: str) -> set[str]:
+    """The stages `dvc repro` would run after `path` changes: those that depend on it (directly, or through an
+    output of such a stage), frozen stages excepted."""
+    changed: set[str] = set()
+    dirty = {path}
+    grew = True
+    while grew:
+        grew = False
+        for name, deps, outs in live_stages():
+            if name not in changed and any(covers(d, f) or covers(f, d) for d in deps for f in dirty):
+                changed.add(name)
+                dirty |= set(outs)
+                grew = True
+    return changed
+
+
+def test_a_method_change_reruns_only_that_method_and_its_readers():
+    """Touching DoCo's module re-runs DoCo's erasures and the stages that read erase outputs (evaluate, attack,
+    report, paper), not the other methods' erasures; touching the shared core re-runs every erasure."""
+    concepts = read_yaml(REPO / "params.yaml")["erase"]["concepts"]
+    doco = rerun_after_touching("cdc/methods/doco.py")
+    erased = {s for s in doco if s.startswith("erase@")}
+    assert erased == {f"erase@{c}-doco" for c in concepts}
+    assert {f"evaluate@{c}" for c in concepts} | {f"attack@{c}" for c in concepts} | {"report", "paper"} <= doco
+    assert not {s for s in doco if s.split("@")[0] in ("base", "ablate", "tradeoff", "relearn", "multi")}
+    esd = rerun_after_touching("cdc/methods/esd.py")
+    assert {s for s in esd if s.startswith("erase@")} == {f"erase@{c}-esd" for c in concepts}
+    core = rerun_after_touching("cdc/bundle.py")
+    methods = read_yaml(REPO / "params.yaml")["erase"]["methods"]
+    assert {f"erase@{c}-{m}" for c in concepts for m in methods} <= core
+
+
+def test_frozen_stages_name_the_commits_that_made_them():
+    """Every stage frozen in dvc.yaml has its made-at commits in data/frozen.yaml (which the paper prints), and
+    those commits are in the history when there is one."""
+    import shutil
+    import subprocess
+
+    from cdc.stages.frozen import frozen_stages, made_by
+
+    frozen = read_yaml(REPO / "data" / "frozen.yaml")
+    assert list(frozen) == frozen_stages(read_yaml(REPO / "dvc.yaml"))
+    assert all(rec["commits"] and rec["dates"] for rec in frozen.values())
+    def git(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+
+    if shutil.which("git") and git("rev-parse", "--is-shallow-repository").stdout.strip() == "false":
+        for commit in {c for rec in frozen.values() for c in rec["commits"]}:
+            assert git("cat-file", "-e", f"{commit}^{{commit}}").returncode == 0, f"{commit} is not in the history"
+    # made_by: the oldest commit of the unbroken run that carries an instance's current outputs
+    lock = {"a@x": {"outs": [{"path": "o", "md5": "2"}]}, "a@y": {"outs": [{"path": "p", "md5": "1"}]}}
+    older = {"a@x": {"outs": [{"path": "o", "md5": "1"}]}, "a@y": {"outs": [{"path": "p", "md5": "1"}]}}
+    history = [("c3", "2026-12-03", lock), ("c2", "2026-12-02", lock), ("c1", "2026-12-01", older)]
+    assert made_by(history, ["a"]) == {"a": {"commits": ["c1", "c2"], "dates": ["2026-12-01", "2026-12-02"]}}

@@ -1,4 +1,4 @@
-"""`cdc erase` on the tiny SD pipeline, the prompt builders of cdc.concept, and params_sd.yaml."""
+"""`cdc erase` on the tiny SD pipeline, the prompt builders of cdc.cli.concept, and params_sd.yaml."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cdc.cli import main
-from cdc.concept import (
+from cdc.cli.concept import (
     TEMPLATES_PATH,
     concept_pairs,
     known_concept,
@@ -17,8 +16,9 @@ from cdc.concept import (
     prompt_file_pairs,
     read_templates,
 )
+from cdc.cli.main import main
 from cdc.io import load_json
-from cdc.params import load_params, read_yaml
+from cdc.stages.params import load_params, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # Two captions keep sampling and training at a few seconds per run.
@@ -175,7 +175,7 @@ def test_templates_are_checked() -> None:
 
 
 def test_params_sd_validates_and_keeps_the_world_sections() -> None:
-    sd = load_params(REPO / "params_sd.yaml")
+    sd = load_params(REPO / "params_sd.yaml", families=None)
     assert sd.sample.steps == 50 and sd.sample.guidance == 7.5 and sd.erase.doco.steps == 2000
     # Every paper concept has a shipped anchor, and the world-only sections are params.yaml's.
     shipped = read_templates(TEMPLATES_PATH)

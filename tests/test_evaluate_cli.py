@@ -1,4 +1,4 @@
-"""`cdc evaluate` and `cdc attack` on prompt CSVs, the field's judges (cdc.judges) and the CSV reader."""
+"""`cdc evaluate` and `cdc attack` on prompt CSVs, the field's judges (cdc.cli.judges) and the CSV reader."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdc.cli import main
+from cdc.cli.judges import NUDENET_THRESHOLD, ClassifierJudge, NudeNetJudge, parse_judge
+from cdc.cli.main import main
+from cdc.cli.prompt_csv import read_prompt_csv
 from cdc.io import load_json
-from cdc.judges import NUDENET_THRESHOLD, ClassifierJudge, NudeNetJudge, parse_judge
-from cdc.prompt_csv import read_prompt_csv
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -158,10 +158,13 @@ def test_sweep_queues_one_dvc_experiment_per_pair(tmp_path, capsys):
         assert printed[0] == ("dvc exp run --queue -n church-doco -S erase.concepts=[church] -S erase.methods=[doco] "
                               "-S paper.grids=[church] evaluate attack")
         assert len(printed) == 4
-        assert main(["sweep", "--concept", "church", "--method", "doco", "--method", "esd", "--quiet"]) == 0
+        assert main(["sweep", "--concept", "church", "--method", "doco", "--method", "esd"]) == 0
+        assert "OMP_NUM_THREADS=" in capsys.readouterr().out  # each job gets its share of the cores
         status = subprocess.run(["dvc", "queue", "status"], capture_output=True, text=True, check=True).stdout
         assert "church-doco" in status and "church-esd" in status and status.count("Queued") == 2
         assert main(["sweep", "--concept", "atlantis"]) == 2
         assert "'atlantis' is not in" in capsys.readouterr().err
+        assert main(["sweep", "--params", "params_sd.yaml", "--dry-run"]) == 2
+        assert "read params.yaml only" in capsys.readouterr().err
     finally:
         os.chdir(cwd)

@@ -11,7 +11,6 @@ import torch
 from helpers import random_latents, teach
 
 from cdc.attacks.config import InversionConfig, fill
-from cdc.attacks.embeddings import token_table
 from cdc.attacks.inversion import (
     init_id,
     initial_embedding,
@@ -21,6 +20,7 @@ from cdc.attacks.inversion import (
     placeholder_tokens,
     sample_with_embedding,
 )
+from cdc.embeddings import token_table
 from cdc.sampler import sample
 
 pytestmark = pytest.mark.usefixtures("one_thread")

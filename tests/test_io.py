@@ -363,3 +363,37 @@ def test_atomic_path_works_outside_the_main_thread(tmp_path):
     thread.join()
     assert errors == [] and (tmp_path / "t.txt").read_text() == "x"
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_output_that_appears_meanwhile_is_not_replaced(tmp_path):
+    """replace=False (a command without --overwrite): what another run put at the path while this one worked
+    stays, and this run's output is kept beside it under a name the error gives."""
+    out = tmp_path / "out"
+    with pytest.raises(FileExistsError, match="appeared while this command ran") as err:
+        with cdc.io.atomic_path(out, replace=False) as tmp:
+            tmp.mkdir()
+            (tmp / "mine.txt").write_text("mine")
+            out.mkdir()
+            (out / "theirs.txt").write_text("theirs")
+    assert (out / "theirs.txt").read_text() == "theirs" and not (out / "mine.txt").exists()
+    kept = tmp_path / f"out.{os.getpid()}"
+    assert str(kept) in str(err.value) and (kept / "mine.txt").read_text() == "mine"
+
+
+def test_file_output_that_appears_meanwhile_is_not_replaced(tmp_path):
+    out = tmp_path / "table.csv"
+    with pytest.raises(FileExistsError):
+        with cdc.io.atomic_path(out, replace=False) as tmp:
+            tmp.write_text("mine")
+            out.write_text("theirs")
+    assert out.read_text() == "theirs"
+    assert (tmp_path / f"table.csv.{os.getpid()}").read_text() == "mine"
+
+
+def test_no_replace_still_fills_an_empty_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    with cdc.io.atomic_path(out, replace=False) as tmp:
+        tmp.mkdir()
+        (tmp / "a.txt").write_text("a")
+    assert (out / "a.txt").read_text() == "a"

@@ -10,9 +10,9 @@ import torch
 from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 from safetensors import safe_open
 
+from cdc import lora as L
 from cdc.errors import CdcError, LoraError
 from cdc.lora_io import CONFIG_NAME, WEIGHT_NAME, load_lora, read_lora_config, save_lora
-from cdc.methods import lora as L
 from cdc.methods.hooks import route_grads
 
 

@@ -10,14 +10,14 @@ import torch
 from helpers import fresh, random_latents
 
 from cdc.errors import NaNLossError
+from cdc.lora import lora_parameters
 from cdc.lora_io import save_lora
+from cdc.losses import add_noise, noisy_latents, pred_eps, pred_x0, target_for
 from cdc.methods import ca as ca_mod
 from cdc.methods import doco, esd
 from cdc.methods.ca import train_ca
 from cdc.methods.doco import train_doco
 from cdc.methods.esd import train_esd
-from cdc.methods.lora import lora_parameters
-from cdc.methods.losses import add_noise, noisy_latents, pred_eps, pred_x0, target_for
 from cdc.methods.train import make_generator
 
 TARGETS = ["a church", "a small church"]

@@ -12,9 +12,9 @@ from helpers import fresh
 
 from cdc.anchors import pair_samples
 from cdc.judge import JudgeNet
-from cdc.methods.lora import tuner_layers
-from cdc.multi import balanced, concept_pairs, erase_many, erase_order, first_pairs, multi_row
-from cdc.params import read_yaml
+from cdc.lora import tuner_layers
+from cdc.stages.multi import balanced, concept_pairs, erase_many, erase_order, first_pairs, multi_row
+from cdc.stages.params import read_yaml
 from cdc.world.build import build_world
 
 FAMILIES = ["church", "articulated-lorry", "fish"]

@@ -9,7 +9,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cdc.params import read_yaml
+from cdc.stages.params import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("*.ipynb"))

@@ -1,4 +1,4 @@
-"""Every notebook runs top to bottom through cdc.notebook on the tiny configuration.
+"""Every notebook runs top to bottom through cdc.stages.notebook on the tiny configuration.
 
 tests/smoke.yaml's `notebooks` maps a notebook stem to its papermill parameters, e.g.
     01_world: {params_path: "{params}", out_dir: "{tmp}/world"}
@@ -14,8 +14,8 @@ import nbformat
 import pytest
 
 from cdc.errors import ParamsError
-from cdc.notebook import final_text, notebook_parameters, parse_value, run_notebook
-from cdc.params import read_yaml
+from cdc.stages.notebook import final_text, notebook_parameters, parse_value, run_notebook
+from cdc.stages.params import read_yaml
 
 pytestmark = pytest.mark.notebooks
 
@@ -136,7 +136,7 @@ def test_cli_rejects_unknown_parameter(tmp_path):
     import subprocess
 
     src = tiny_notebook(tmp_path)
-    cmd = [sys.executable, "-m", "cdc.notebook", str(src), str(tmp_path / "o.ipynb"), "-p", "q", "1"]
+    cmd = [sys.executable, "-m", "cdc.stages.notebook", str(src), str(tmp_path / "o.ipynb"), "-p", "q", "1"]
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
     assert result.returncode != 0 and "unknown notebook parameter(s) 'q'" in result.stderr
     assert not (tmp_path / "o.ipynb").exists()

@@ -10,8 +10,8 @@ import pytest
 from ruamel.yaml import YAML
 
 from cdc.io import save_image
-from cdc.paper import build_paper, check_inputs, paper_inputs
-from cdc.params import read_yaml
+from cdc.stages.paper import build_paper, check_inputs, paper_inputs
+from cdc.stages.params import read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 RATES = ["in_set", "out_of_set", "retain_neighbors", "retain_all"]
@@ -71,21 +71,22 @@ def generated(tmp_path) -> dict:
     # The document and its bibliography copied, so the test compiles exactly what a reader would.
     for name in ("main.typ", "refs.bib"):
         shutil.copyfile(REPO / "paper" / name, tmp_path / name)
+    (tmp_path / "frozen.yaml").write_text("tradeoff: {commits: [abc1234], dates: [2026-12-05]}\n")
     return {"source": tmp_path / "main.typ", "bibliography": tmp_path / "refs.bib", "erase_csv": metrics / "erase.csv",
             "world_json": metrics / "world.json", "generated_dir": gen, "params_path": tmp_path / "params.yaml",
-            "grids": ["church"], "pdf": tmp_path / "out" / "main.pdf"}
+            "grids": ["church"], "pdf": tmp_path / "out" / "main.pdf", "frozen_yaml": tmp_path / "frozen.yaml"}
 
 
 def test_missing_inputs_are_all_named_with_the_command_that_makes_them(tmp_path):
     inputs = paper_inputs(tmp_path / "erase.csv", tmp_path / "world.json", tmp_path / "gen", tmp_path / "p.yaml",
-                          ["church", "fish"])
+                          ["church", "fish"], tmp_path / "frozen.yaml")
     (tmp_path / "world.json").write_text("{}")
     with pytest.raises(FileNotFoundError) as info:
         check_inputs(inputs)
     message = str(info.value)
     for name in ("erase.csv", "ablate_table.csv", "transfer_table.csv", "matched_table.csv", "matched_verdict.csv",
                  "relearn_table.csv", "multi_curves.csv", "asr_retention.png", "ablate.png", "tradeoff.png",
-                 "relearn.png", "multi.png"):
+                 "relearn.png", "multi.png", "frozen.yaml"):
         assert name in message
     assert "erase_grid_fish.png  (made by `dvc repro evaluate@fish`)" in message
     assert "world.json" not in message and "`dvc repro report`" in message

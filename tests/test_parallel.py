@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cdc.cli import main
+from cdc.cli.main import main
 from cdc.methods.parallel import SINGLE, Shard
 
 REPO = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Tests for cdc.params: YAML 1.2 floats, no defaults, unknown keys, wrong types, ranges, nested sections."""
+"""Tests for cdc.stages.params: YAML 1.2 floats, no defaults, unknown keys, wrong types, ranges, nested sections."""
 
 import dataclasses
 import json
@@ -9,7 +9,7 @@ from typing import Any, Literal
 import pytest
 
 from cdc.errors import ParamsError
-from cdc.params import (
+from cdc.stages.params import (
     Params,
     arm_config,
     from_dict,
@@ -322,3 +322,19 @@ def test_tradeoff_section_keeps_validation_apart_from_evaluation(tmp_path, key, 
 def test_relearn_and_multi_sections_refuse_bad_values(tmp_path, key, value, message):
     with pytest.raises(ParamsError, match=message):
         load_params(write(tmp_path, changed(committed(), key, value)))
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("attack.harmful", ["wepon"], "'attack.harmful': 'wepon' is not a family of the world"),
+    ("ablate.concepts", ["church", "chapel"], "'ablate.concepts': 'chapel' is not a family"),
+    ("relearn.concepts", ["fsh"], "'relearn.concepts': 'fsh' is not a family"),
+])
+def test_family_names_in_lists_are_checked_when_params_load(tmp_path, key, value, message):
+    with pytest.raises(ParamsError, match=message):
+        load_params(write(tmp_path, changed(committed(), key, value)))
+
+
+def test_style_template_without_slot_fails_when_params_load(tmp_path):
+    templates = ["a house, {} style", "style"]
+    with pytest.raises(ParamsError, match="'style' has no {} for the learned word"):
+        load_params(write(tmp_path, changed(committed(), "attack.style_templates", templates)))

@@ -11,9 +11,9 @@ import torch
 from helpers import fresh, random_latents, teach
 
 from cdc.anchors import erase_pairs
-from cdc.methods.lora import add_lora, lora_parameters, tuner_layers
-from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
-from cdc.relearn import erase_and_relearn, merged_unet, relearn
+from cdc.lora import add_lora, lora_parameters, tuner_layers
+from cdc.losses import mse, noisy_latents, target_for, unet_pred
+from cdc.stages.relearn import erase_and_relearn, merged_unet, relearn
 from cdc.targets import returned_at
 
 PROMPTS = ["a church", "a house"]

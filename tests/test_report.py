@@ -1,4 +1,4 @@
-"""The report's markdown tables, and the README's copies of them staying in sync with the pipeline's."""
+"""The report's markdown tables, and the copies in README.md and RESULTS.md staying in sync with the pipeline's."""
 
 import dataclasses
 from pathlib import Path
@@ -7,20 +7,24 @@ import pandas as pd
 import pytest
 
 from cdc.io import save_json
-from cdc.params import AblateParams, ArmParams, ReportParams, TradeoffParams, TransferParams
-from cdc.report import (
-    README_BLOCKS,
+from cdc.stages.params import AblateParams, ArmParams, ReportParams, TradeoffParams, TransferParams
+from cdc.stages.report import (
+    SYNCED,
     ablate_markdown,
     ablate_table,
     claim_markdown,
     erase_table,
+    headline_markdown,
+    headline_table,
+    layout_markdown,
     markdown_table,
     matched_markdown,
     matched_summary,
     matched_table,
     robustness_claim,
+    sync,
     sync_block,
-    sync_readme,
+    sync_file,
     tradeoff_points,
     transfer_markdown,
     transfer_table,
@@ -52,7 +56,7 @@ def table(tmp_path) -> pd.DataFrame:
 
 
 def attack_row(concept: str, method: str) -> dict:
-    """An attack-stage row as `cdc.attack.flat_row` writes it: church attacked (10 prompts), fish with nothing to
+    """An attack-stage row as `cdc.stages.attack.flat_row` writes it: church attacked (10 prompts), fish with nothing to
     attack (the base model never drew it on those prompts)."""
     nothing = concept == "fish"
     rate = {"base": 1.0, "doco": 0.7, "esd": 0.1}[method]
@@ -136,25 +140,51 @@ def test_sync_block_replaces_only_between_markers():
         sync_block("<!-- t:end -->\n<!-- t:start -->\n", "t", "x")
 
 
-def test_sync_readme_rewrites_the_blocks(tmp_path):
-    for name, path in README_BLOCKS.items():
+def test_sync_rewrites_the_blocks(tmp_path):
+    blocks = SYNCED["RESULTS.md"]
+    for name, path in blocks.items():
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_text(f"| {name} |\n")
-    readme = tmp_path / "README.md"
-    readme.write_text("".join(f"# {n}\n<!-- {n}:start -->\nstale\n<!-- {n}:end -->\n" for n in README_BLOCKS))
-    assert sync_readme(readme) and "stale" not in readme.read_text()
-    assert "| erase-table |" in readme.read_text()
-    assert not sync_readme(readme)
+    results = tmp_path / "RESULTS.md"
+    results.write_text("".join(f"# {n}\n<!-- {n}:start -->\nstale\n<!-- {n}:end -->\n" for n in blocks))
+    assert sync_file(results, blocks) and "stale" not in results.read_text()
+    assert "| erase-table |" in results.read_text()
+    assert not sync_file(results, blocks)
 
 
-def test_readme_tables_in_sync():
-    """README.md shows the tables the pipeline generated (paper/generated/*.md), not hand-copied numbers."""
+def test_readme_and_results_in_sync():
+    """README.md and RESULTS.md show the tables the pipeline generated (paper/generated/*.md) and the layout of
+    the tree as it is, not hand-copied numbers."""
+    for file, blocks in SYNCED.items():
+        text = (REPO / file).read_text(encoding="utf-8")
+        for name, path in blocks.items():
+            generated = (REPO / path).read_text(encoding="utf-8")
+            assert sync_block(text, name, generated) == text, (
+                f"{file}'s {name} block differs from {path} (written by `dvc repro report`): "
+                "run `python -m cdc.stages.report --sync` and commit it")
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    for name, path in README_BLOCKS.items():
-        generated = (REPO / path).read_text(encoding="utf-8")
-        assert sync_block(readme, name, generated) == readme, (
-            f"README.md's {name} block differs from {path} (written by `dvc repro report`): "
-            "run `python -m cdc.report --sync-readme` and commit README.md")
+    assert sync_block(readme, "layout", layout_markdown(REPO)) == readme, (
+        "README.md's layout block is stale: run `python -m cdc.stages.report --sync`")
+    assert len(readme.splitlines()) <= 120, "README.md is over 120 lines: move detail to RESULTS.md"
+
+
+def test_sync_of_the_repository_changes_nothing(tmp_path):
+    """`python -m cdc.stages.report --sync` on a copy of the committed files is a no-op."""
+    import shutil
+
+    for name in ["README.md", "RESULTS.md", *{p for blocks in SYNCED.values() for p in blocks.values()}]:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(REPO / name, tmp_path / name)
+    shutil.copytree(REPO / "cdc", tmp_path / "cdc", ignore=shutil.ignore_patterns("__pycache__"))
+    assert sync(tmp_path) == []
+
+
+def test_headline_has_one_row_per_method(table):
+    relearned = pd.DataFrame([{"concept": "church", "method": "doco", "returned_at": 20.0}])
+    headline = headline_table(table, relearned, TARGETS)
+    assert list(headline.method) == [m for m in dict.fromkeys(table.method) if m != "base"]
+    text = headline_markdown(headline)
+    assert text.count("\n") == len(headline) + 2 and "| doco" in text
 
 
 def ablate_params(**arms) -> AblateParams:
@@ -284,8 +314,8 @@ def relearn_file(tmp_path: Path, concept: str) -> None:
 
 
 def test_relearn_curves_table_and_markdown(tmp_path):
-    from cdc.params import RelearnParams
-    from cdc.report import relearn_curves, relearn_markdown, relearn_table
+    from cdc.stages.params import RelearnParams
+    from cdc.stages.report import relearn_curves, relearn_markdown, relearn_table
 
     for concept in ("church", "fish"):
         relearn_file(tmp_path, concept)
@@ -309,8 +339,8 @@ def test_relearn_curves_table_and_markdown(tmp_path):
 
 
 def test_multi_curves_and_markdown(tmp_path):
-    from cdc.params import MultiParams
-    from cdc.report import multi_curves, multi_markdown
+    from cdc.stages.params import MultiParams
+    from cdc.stages.report import multi_curves, multi_markdown
 
     def row(count, erased):
         return {"count": count, "seconds": 5.0, "erased": erased, "erased_n": 8 * count,
@@ -334,8 +364,8 @@ def test_multi_curves_and_markdown(tmp_path):
 
 
 def test_multi_curves_survive_a_base_model_that_keeps_nothing(tmp_path):
-    from cdc.params import MultiParams
-    from cdc.report import multi_curves, multi_markdown
+    from cdc.stages.params import MultiParams
+    from cdc.stages.report import multi_curves, multi_markdown
 
     row = {"count": 1, "seconds": 1.0, "erased": 0.0, "erased_n": 8, "per_concept": {"church": 0.0},
            "retain_all": 0.0, "retain_all_n": 8}

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from cdc.anchors import erase_pairs
-from cdc.erase import run_method
-from cdc.methods.lora import lora_parameters, remove_lora
+from cdc.lora import lora_parameters, remove_lora
 from cdc.methods.train import encode
-from cdc.tradeoff import Snapshots, matched_point, snapshot_steps, tradeoff
+from cdc.stages.erase import run_method
+from cdc.stages.tradeoff import Snapshots, matched_point, snapshot_steps, tradeoff
 
 
 def _samples(n: int = 4) -> dict[str, np.ndarray]:

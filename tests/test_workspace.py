@@ -3,7 +3,7 @@
 import pytest
 
 from cdc.errors import CdcError
-from cdc.workspace import family_inputs_or_exit, load_family_inputs
+from cdc.stages.workspace import family_inputs_or_exit, load_family_inputs
 
 
 def test_family_inputs_name_the_missing_folder_before_loading_any(tmp_path):

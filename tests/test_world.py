@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cdc.params import read_yaml
+from cdc.stages.params import read_yaml
 from cdc.world.build import build_world, check_families, required_keys
 from cdc.world.captions import all_captions, canonical_prompt, normalise, sample_captions, with_article
 from cdc.world.data import load_renders, load_world, save_world

@@ -31,10 +31,10 @@ import torch
 from torch import Tensor, nn
 
 from cdc.attacks.config import PLACEHOLDER, RANDOM_INIT, InversionConfig, check_template
-from cdc.attacks.embeddings import context_from_embeddings, token_table
 from cdc.bundle import ModelBundle
-from cdc.methods.losses import add_noise, mse, noisy_latents, target_for, unet_pred
-from cdc.params import SampleParams
+from cdc.config import SampleParams
+from cdc.embeddings import context_from_embeddings, token_table
+from cdc.losses import add_noise, mse, noisy_latents, target_for, unet_pred
 from cdc.sampler import sample
 from cdc.text import TextEncoder, Tokens
 

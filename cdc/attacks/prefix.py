@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.attacks.config import PrefixAttackConfig
-from cdc.attacks.embeddings import (
+from cdc.bundle import ModelBundle
+from cdc.embeddings import (
     candidate_ids,
     context_from_embeddings,
     insert_prefix,
@@ -32,8 +33,7 @@ from cdc.attacks.embeddings import (
     token_table,
     token_text,
 )
-from cdc.bundle import ModelBundle
-from cdc.methods.losses import add_noise, mse, target_for, unet_pred
+from cdc.losses import add_noise, mse, target_for, unet_pred
 from cdc.text import Tokens
 
 
@@ -190,6 +190,13 @@ class PrefixAttack:
             self.rounds[i] += 1
             self.final[i] = self.candidates[self.w[i].detach().argmax(-1)].tolist()  # `argmax_project`
         return [adversarial_prompt(self.bundle, self.prompts[i], self.final[i]) for i in which]
+
+    def top_tokens(self, i: int, n: int) -> list[list[tuple[str, float]]]:
+        """Prompt i's relaxed tokens now: per prefix slot, the n candidates of largest simplex weight, as
+        (token text, weight), largest first."""
+        weights, ids = self.w[i].detach().topk(min(n, self.w[i].shape[1]), dim=-1)  # (k, n) each
+        return [[(token_text(self.bundle.text, int(self.candidates[j])), float(v)) for v, j in zip(ws, row)]
+                for ws, row in zip(weights.tolist(), ids.tolist())]
 
     def _timesteps(self, i: int) -> Tensor:
         """Prompt i's timesteps (n_i,) for one step: its round's grid t, or uniform draws from its generator."""

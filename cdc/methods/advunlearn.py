@@ -12,7 +12,7 @@ Bi-level loop, per step:
     with e_u, e_c the original model on "" and c; during warm-up the clean prompt c replaces the attack.
 
 module="text_encoder" (released): the trained module is a copy of the text encoder (all layers and the
-final norm, embeddings frozen; `cdc.methods.text_encoder`); the UNet is never updated and the bundle's
+final norm, embeddings frozen; `cdc.encoder_io`); the UNet is never updated and the bundle's
 own encoder is the frozen original. module="unet" (the paper's ablation): a UNet LoRA is trained with
 the same losses, the attack runs through the frozen text encoder and `base_model()` is the original.
 
@@ -34,20 +34,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from cdc.attacks.embeddings import (
+from cdc.bundle import ModelBundle
+from cdc.embeddings import (
     candidate_ids,
     context_from_embeddings,
     insert_prefix,
     prefix_embeddings,
     token_table,
 )
-from cdc.bundle import ModelBundle
+from cdc.encoder_io import frozen, trainable_copy
+from cdc.lora import add_lora, base_model, lora_parameters, tuner_layers
+from cdc.losses import mse, noisy_latents, unet_pred
 from cdc.methods.config import AdvUnlearnConfig, AttackMethod
-from cdc.methods.lora import add_lora, base_model, lora_parameters, tuner_layers
-from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
-from cdc.methods.text_encoder import frozen, trainable_copy
 from cdc.methods.train import (
     StepHook,
     apply_step,

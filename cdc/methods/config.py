@@ -9,11 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from cdc.choices import LoraGroup
 from cdc.config import Checked, bounded
 
-# xattn-kv: cross-attention K/V (DoCo's and CA's released default); xattn: attn2 Q/K/V/out (ESD-x);
-# attn: self- and cross-attention Q/K/V/out; full: every Linear/Conv2d in the UNet blocks.
-LoraGroup = Literal["xattn-kv", "xattn", "attn", "full"]
 Surgery = Literal["pcgrad", "cosine", "sum"]
 DInput = Literal["x0", "eps"]
 DNorm = Literal["batch", "instance", "none"]

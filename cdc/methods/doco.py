@@ -47,11 +47,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.bundle import ModelBundle
+from cdc.discriminator import make_discriminator
+from cdc.lora import base_model
+from cdc.losses import mse, noisy_latents, pred_eps, pred_x0, target_for, unet_pred
 from cdc.methods.config import DocoConfig
-from cdc.methods.discriminator import make_discriminator
 from cdc.methods.hooks import detach_first_token, route_grads
-from cdc.methods.lora import base_model
-from cdc.methods.losses import mse, noisy_latents, pred_eps, pred_x0, target_for, unet_pred
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import SurgeryStats, clip_grads, combine, tensor_cosines
 from cdc.methods.train import (

@@ -20,9 +20,9 @@ import torch
 from torch import Tensor
 
 from cdc.bundle import ModelBundle
+from cdc.lora import base_model
+from cdc.losses import mse, noisy_latents, unet_pred
 from cdc.methods.config import EsdConfig
-from cdc.methods.lora import base_model
-from cdc.methods.losses import mse, noisy_latents, unet_pred
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 
 from cdc.bundle import ModelBundle
 from cdc.errors import NaNLossError
+from cdc.lora import add_lora, lora_parameters, tuner_layers
 from cdc.methods.config import LoraRunConfig
-from cdc.methods.lora import add_lora, lora_parameters, tuner_layers
 from cdc.text import TextEncoder
 
 # Called after each update with (step, the trained tensors): how a caller snapshots a run at several lengths.

@@ -20,15 +20,15 @@ import torch
 from cdc.anchors import Pairs
 from cdc.attacks.asr import AsrResult, attack_success_rate
 from cdc.attacks.config import RANDOM_INIT, InversionConfig, PrefixAttackConfig, fill
-from cdc.attacks.embeddings import candidate_ids
 from cdc.attacks.inversion import init_id, invert_concept, sample_with_embedding
 from cdc.attacks.prefix import PrefixAttack
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
+from cdc.embeddings import candidate_ids, token_text
 from cdc.evaluate import Drawn, family_hits
 from cdc.judge import JudgeNet, predict
-from cdc.params import AttackParams, SampleParams
 from cdc.sampler import sample
+from cdc.stages.params import AttackParams, SampleParams
 from cdc.text import TextEncoder
 from cdc.world.data import World
 
@@ -123,6 +123,28 @@ def prefix_asr(
             "loss_first": result.losses[0], "loss_last": result.losses[-1]})
     asr = attack_success_rate(pre.hits, post_hits, base_hits)
     return asr, records, {"pre": pre, "post": Judged(post_images, post_hits)}
+
+
+def prefix_walkthrough(erased: ModelBundle, judge: JudgeNet, world: World, family: str, prompt: str,
+                       latents: torch.Tensor, seed: int, cfg: PrefixAttackConfig, sampler: SampleParams,
+                       *, top: int = 5) -> list[dict]:
+    """One prompt's prefix attack, every round of cfg.timesteps run (no early stop) and shown: per round its
+    timestep, the loss and the sampled tokens of each iteration, the top relaxed tokens per slot (`top` of them),
+    the argmax adversarial prompt, and that prompt's image (seed) with the judge's verdict.
+
+    latents: (n, C, h, w) the base model's images of `prompt` (the attack's target)."""
+    attack = PrefixAttack(erased, [prompt], [latents], cfg, candidates=candidate_ids(erased.text, cfg.vocabulary))
+    rounds = []
+    while not attack.done(0):
+        t = attack.schedule[attack.rounds[0]] if cfg.t_schedule == "grid" else None  # None: t drawn per image
+        before = len(attack.losses[0])
+        (adversarial,) = attack.run_round([0])
+        seen = draw_judged(erased, judge, world, family, [adversarial], [seed], sampler)
+        rounds.append({"round": attack.rounds[0], "t": t, "losses": attack.losses[0][before:],
+                       "sampled": [[token_text(erased.text, j) for j in ids] for ids in attack.sampled[0][before:]],
+                       "top": attack.top_tokens(0, top), "prompt": adversarial, "image": seen.images[0],
+                       "hit": bool(seen.hits[0])})
+    return rounds
 
 
 def inversion_prompts(world: World, family: str, cfg: AttackParams) -> list[str]:

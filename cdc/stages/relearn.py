@@ -22,14 +22,14 @@ from cdc.anchors import Pairs
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
 from cdc.config import check_steps
-from cdc.erase import MethodConfig, run_method
 from cdc.judge import JudgeNet
+from cdc.lora import remove_lora, tuner_layers
+from cdc.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.config import LoraRunConfig
-from cdc.methods.lora import remove_lora, tuner_layers
-from cdc.methods.losses import mse, noisy_latents, target_for, unet_pred
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import apply_step, check_finite, check_prompts, grads_of, progress_bar, start_lora_run
-from cdc.params import EvaluateParams, SampleParams
+from cdc.stages.erase import MethodConfig, run_method
+from cdc.stages.params import EvaluateParams, SampleParams
 from cdc.targets import returned_at
 from cdc.world.data import World
 

@@ -8,14 +8,15 @@ from pathlib import Path
 import pandas as pd
 
 from cdc.io import load_json, save_text
-from cdc.params import AblateParams, MultiParams, RelearnParams, ReportParams, TradeoffParams, TransferParams
+from cdc.stages.params import AblateParams, MultiParams, RelearnParams, ReportParams, TradeoffParams, TransferParams
 from cdc.targets import RATES, clear_misses, interval, misses, returned_at
 
 # seconds, peak_mem_mb and hardware: the erase stage's record of the run (`<erase_dir>/<concept>/<method>.json`)
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
            "seconds", "peak_mem_mb", "hardware", *(f"{r}_n" for r in RATES)]
 ATTACKS = {"asr_prefix": "prefix attack", "asr_inversion": "concept inversion"}
-# The attack stage's columns (cdc.attack.flat_row): each ASR with its interval and counts, and the pre-attack rate.
+# The attack stage's columns (cdc.stages.attack.flat_row): each ASR with its interval and counts, and the pre-attack
+# rate.
 ATTACK_COLUMNS = [f"{a}{s}" for a in ATTACKS for s in ("", "_lo", "_hi", "_n", "_nothing")] + [
     "pre_asr", "pre_asr_lo", "pre_asr_hi"]
 
@@ -348,6 +349,41 @@ def robustness_claim(table: pd.DataFrame, method: str, rivals: list[str], target
     return pd.DataFrame(rows)
 
 
+def headline_table(table: pd.DataFrame, relearned: pd.DataFrame, targets: ReportParams) -> pd.DataFrame:
+    """One row per method over the families: how many it erases (in-set and out-of-set under their targets), the
+    median share of neighbours and retained concepts it keeps (x base), its median ASR under each attack, how many
+    families meet every target, and the median fine-tuning steps until the family is back (`relearn_table`)."""
+    rows = {}
+    erased_rows = table[table.method != "base"]
+    for method, g in erased_rows.groupby("method", sort=False):
+        erased = (g.in_set <= targets.in_set_max) & (g.out_of_set <= targets.out_of_set_max)
+        back = relearned[relearned.method == method].returned_at if len(relearned) else pd.Series(dtype=float)
+        rows[method] = {
+            "families erased": f"{int(erased.sum())}/{len(g)}",
+            "neighbours x base": g.retain_neighbors_vs_base.median(),
+            "retain x base": g.retain_all_vs_base.median(),
+            **{f"ASR {name}": g.loc[~g[f"{col}_nothing"].astype(bool), col].astype(float).median()
+               for col, name in ATTACKS.items()},
+            "every target met": f"{int((g.missed == '').sum())}/{len(g)}",
+            "back after (steps)": back.astype(float).median() if back.notna().any() else nan,
+        }
+    return pd.DataFrame.from_dict(rows, orient="index").rename_axis("method").reset_index()
+
+
+def headline_markdown(headline: pd.DataFrame) -> str:
+    """The headline table as markdown: medians to two decimals, steps as whole numbers ("-" where none)."""
+    def cell(col: str, v: object) -> str:
+        if isinstance(v, str):
+            return v
+        if pd.isna(v):
+            return "-"
+        return f"{v:.0f}" if col.startswith("back") else f"{v:.2f}"
+
+    cells = pd.DataFrame({c: [cell(c, v) for v in headline[c]] for c in headline.columns})
+    return cells.to_markdown(index=False, disable_numparse=True,
+                             colalign=["left"] + ["right"] * (len(cells.columns) - 1)) + "\n"
+
+
 def claim_markdown(claim: pd.DataFrame, method: str, targets: ReportParams) -> str:
     """The robustness claim per family as a markdown table, with the rule it checks."""
     if claim.empty:
@@ -466,26 +502,83 @@ def sync_block(text: str, name: str, block: str) -> str:
     return f"{head}{start}\n{block.strip(chr(10))}\n{end}{tail}"
 
 
-README_BLOCKS = {name: f"paper/generated/{name.replace('-', '_')}.md"
-                 for name in ("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table",
-                              "matched-table", "relearn-table", "multi-table")}
+# The repository map of the README: (path, what it holds); a cdc part's line count is added from the tree.
+LAYOUT = [
+    ("cdc/", "the library core: model bundle, text encoders, sampler, codec, judge, world, LoRA and encoder files"),
+    ("cdc/methods/", "DoCo, ESD, CA, AdvUnlearn: training loops on a model bundle, no I/O"),
+    ("cdc/attacks/", "the prefix attack (UnlearnDiffAtk), concept inversion (CCE), attack success rate"),
+    ("cdc/stages/", "what the DVC stages run: the params schema, the notebook runner, each stage's code"),
+    ("cdc/cli/", "the `cdc` command: generate, judge, erase, evaluate, attack, sweep"),
+    ("notebooks/", "one per stage, `NN_<stage>.ipynb` = DVC stage `<stage>` = params.yaml section `<stage>`"),
+    ("data/", "stage outputs: small ones and executed notebooks in git, the erased models in DVC's cache"),
+    ("paper/", "the paper (Typst), compiled by the `paper` stage from the report's files"),
+    ("tests/", "pytest, CPU and offline; a smoke run of every notebook"),
+    ("benchmarks/", "one script per standing question; what was decided and why in NOTES.md"),
+]
+LIBRARY = ("cdc/", "cdc/methods/", "cdc/attacks/")  # what a reader studies; the stages and the CLI run it
 
 
-def sync_readme(readme: str | Path = "README.md") -> bool:
-    """Copy the generated tables (paths relative to the README's folder) into its marked blocks, atomically;
-    True if the README changed."""
-    readme = Path(readme)
-    text = new = readme.read_text(encoding="utf-8")
-    for name, path in README_BLOCKS.items():
-        new = sync_block(new, name, (readme.parent / path).read_text(encoding="utf-8"))
+def python_lines(root: Path, part: str) -> int:
+    """Lines of the .py files of a cdc part: the package's own modules and world/ for `cdc/`, else the folder."""
+    folder = root / part
+    if part == "cdc/":
+        files = [*folder.glob("*.py"), *(folder / "world").glob("*.py")]
+    else:
+        files = list(folder.rglob("*.py"))
+    return sum(len(f.read_text(encoding="utf-8").splitlines()) for f in files)
+
+
+def layout_markdown(root: str | Path = ".") -> str:
+    """The README's map of the repository, with each part of cdc/ and its line count."""
+    root = Path(root)
+    rows = []
+    for path, what in LAYOUT:
+        lines = f"{python_lines(root, path):,}" if path.startswith("cdc/") else ""
+        rows.append((f"`{path}`", what, lines))
+    library = sum(python_lines(root, p) for p in LIBRARY)
+    table = pd.DataFrame(rows, columns=["", "what", "lines"])
+    return (table.to_markdown(index=False, disable_numparse=True, colalign=["left", "left", "right"]) +
+            f"\n\nThe library a reader studies (core, methods, attacks) is {library:,} lines; the stages and the "
+            "command line call it, and it calls neither.\n")
+
+
+def _generated(*names: str) -> dict[str, str]:
+    """Block name -> the report's markdown file it copies (`erase-table` -> paper/generated/erase_table.md)."""
+    return {name: f"paper/generated/{name.replace('-', '_')}.md" for name in names}
+
+
+# The generated blocks of each markdown file, relative to the repository root.
+SYNCED = {
+    "README.md": _generated("headline-table"),
+    "RESULTS.md": _generated("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table",
+                             "matched-table", "relearn-table", "multi-table"),
+}
+
+
+def sync_file(path: str | Path, blocks: dict[str, str]) -> bool:
+    """Copy the generated tables (paths relative to the file's folder) into its marked blocks, and the layout
+    into a `layout` block where there is one, atomically; True if the file changed."""
+    path = Path(path)
+    text = new = path.read_text(encoding="utf-8")
+    for name, source in blocks.items():
+        new = sync_block(new, name, (path.parent / source).read_text(encoding="utf-8"))
+    if "<!-- layout:start -->" in new:
+        new = sync_block(new, "layout", layout_markdown(path.parent))
     if new != text:
-        save_text(new, readme)
+        save_text(new, path)
     return new != text
+
+
+def sync(root: str | Path = ".") -> list[str]:
+    """Bring README.md and RESULTS.md under `root` in line with the report's files; the names of those changed."""
+    return [name for name, blocks in SYNCED.items() if sync_file(Path(root) / name, blocks)]
 
 
 if __name__ == "__main__":
     import sys
 
-    if sys.argv[1:] != ["--sync-readme"]:
-        sys.exit("usage: python -m cdc.report --sync-readme  (copies paper/generated/*_table.md into README.md)")
-    print("README.md updated" if sync_readme() else "README.md already in sync")
+    if sys.argv[1:] != ["--sync"]:
+        sys.exit("usage: python -m cdc.stages.report --sync  (copies paper/generated/*.md into README.md and "
+                 "RESULTS.md)")
+    changed = sync()
+    print(f"updated {', '.join(changed)}" if changed else "README.md and RESULTS.md already in sync")

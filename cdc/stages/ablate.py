@@ -11,13 +11,13 @@ import numpy as np
 
 from cdc import evaluate as ev
 from cdc.anchors import Pairs
-from cdc.attack import AttackPlan, attack_row, flat_row
 from cdc.bundle import ModelBundle
-from cdc.erase import MethodConfig, run_method
 from cdc.judge import JudgeNet
-from cdc.methods.lora import remove_lora
-from cdc.params import AttackParams, EvaluateParams, SampleParams
+from cdc.lora import remove_lora
 from cdc.sampler import sample
+from cdc.stages.attack import AttackPlan, attack_row, flat_row
+from cdc.stages.erase import MethodConfig, run_method
+from cdc.stages.params import AttackParams, EvaluateParams, SampleParams
 from cdc.world.captions import CANONICAL_STYLE, canonical_prompt
 from cdc.world.data import World
 
@@ -28,7 +28,8 @@ def scorer(judge: JudgeNet, world: World, pairs: Pairs, probe: list[str], retain
            sampler: SampleParams, attack: AttackParams | None = None, plan: AttackPlan | None = None, *,
            fid: bool = True) -> Scorer:
     """model -> its erase-table columns (`cdc.evaluate.erasure_row`; world-FID unless `fid` is False), plus the
-    attack columns (`cdc.attack.flat_row`) when an attack plan is given; every model is judged on the same prompts
+    attack columns (`cdc.stages.attack.flat_row`) when an attack plan is given; every model is judged on the same
+    prompts
     and seeds."""
     if (attack is None) != (plan is None):
         raise ValueError("give both the attack section and its plan, or neither")

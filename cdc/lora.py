@@ -9,7 +9,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from cdc.methods.config import LoraGroup
+from cdc.choices import LoraGroup
 
 GROUPS = typing.get_args(LoraGroup)
 _ATTN_PROJ = ("to_q", "to_k", "to_v", "to_out.0")

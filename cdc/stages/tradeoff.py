@@ -12,11 +12,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from cdc.ablate import Scorer
 from cdc.anchors import Pairs
 from cdc.bundle import ModelBundle
-from cdc.erase import MethodConfig, run_method
-from cdc.methods.lora import remove_lora
+from cdc.lora import remove_lora
+from cdc.stages.ablate import Scorer
+from cdc.stages.erase import MethodConfig, run_method
 
 
 def snapshot_steps(cfg: MethodConfig, scales: Sequence[float]) -> list[int]:

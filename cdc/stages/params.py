@@ -22,7 +22,17 @@ from ruamel.yaml.error import YAMLError
 
 from cdc.attacks.config import InversionConfig, PrefixAttackConfig
 from cdc.choices import Attention, Precision
-from cdc.config import Checked, bounded, check_names, check_steps
+from cdc.config import (
+    Checked,
+    EvaluateParams,
+    JudgeParams,
+    Phrases,
+    ReportParams,
+    SampleParams,
+    bounded,
+    check_names,
+    check_steps,
+)
 from cdc.errors import ParamsError
 from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig, LoraGroup, LoraRunConfig
 
@@ -172,8 +182,6 @@ def with_overrides(cfg: T, overrides: str, where: str) -> T:
 # Sections (one per DVC stage, same name as the stage and its notebook)
 
 Style = Literal["twemoji", "openmoji"]
-Phrases = Literal["all", "names", "drawn"]  # anchors.phrases; cdc.anchors.erase_pairs builds each
-PHRASES = typing.get_args(Phrases)
 Method = Literal["doco", "esd", "ca", "advunlearn", "advunlearn_fast"]
 METHODS = typing.get_args(Method)
 
@@ -196,21 +204,6 @@ class WorldParams(Checked):
         if not self.caption_templates or any("{a}" not in t and "{p}" not in t for t in self.caption_templates):
             raise ValueError("caption_templates must be non-empty and each must contain {a} or {p}")
 
-
-@dataclass(frozen=True)
-class JudgeParams(Checked):
-    """Train the concept/style classifier used to score generated images."""
-
-    steps: int = bounded(1)
-    batch_size: int = bounded(1)
-    lr: float = bounded(0, lo_open=True)  # peak of the one-cycle schedule
-    width: int = bounded(1)  # channels of the first conv block
-    weight_decay: float = bounded(0)  # AdamW, on conv and linear weights only
-    label_smoothing: float = bounded(0, 1, hi_open=True)
-    augment_strength: float = bounded(0)  # scale of the colour, affine and blur augmentation
-    eval_renders: int = bounded(1)  # augmented held-out renders per image for the accuracy report
-    seed: int = bounded(0)
-    log_every: int = bounded(1)  # steps between history rows
 
 
 @dataclass(frozen=True)
@@ -251,17 +244,6 @@ class PretrainParams(Checked):
         if self.warmup_steps >= self.steps:
             raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps})")
 
-
-@dataclass(frozen=True)
-class SampleParams(Checked):
-    """The sampler every later stage and `cdc generate` use (DDIM with classifier-free guidance)."""
-
-    steps: int = bounded(1)
-    guidance: float = bounded(0)  # classifier-free guidance scale; 1 = no unconditional pass
-    eta: float = bounded(0, 1)  # 0 = deterministic DDIM, 1 = DDPM-like stochastic steps
-    batch_size: int = bounded(1)
-    seed: int = bounded(0)  # first seed of `cdc generate`
-    precision: Precision  # UNet arithmetic: "auto" = bf16 autocast where the hardware has it natively
 
 
 @dataclass(frozen=True)
@@ -310,17 +292,6 @@ class EraseParams(Checked):
             raise ValueError(f"'erase.explain': {unknown[0]!r} is not in erase.concepts ({', '.join(self.concepts)})")
 
 
-@dataclass(frozen=True)
-class EvaluateParams(Checked):
-    """Judge every erased model and the base model on the same prompts and seeds."""
-
-    images_per_prompt: int = bounded(1)  # seeds per in-set and out-of-set prompt
-    in_set_images: int = bounded(1)  # fewer seeds per in-set prompt where the family has many (at least 1 each)
-    retain_images: int = bounded(1)  # seeds per (retained concept, style) prompt
-    n_retain: int = bounded(1)  # retained concepts outside every family (retain_all)
-    fid_images: int = bounded(2)  # generated images for world-FID (a fixed seeded subset of renders)
-    seed: int = bounded(0)  # sampling seeds, apart from the anchors stage's
-
 
 @dataclass(frozen=True)
 class AttackParams(Checked):
@@ -334,6 +305,12 @@ class AttackParams(Checked):
     inversion: InversionConfig  # concept inversion (CCE); init_token "concept": the family's own word
     style_templates: list[str]  # inversion templates for a style family (the object prompts name no style)
     inversion_images: int = bounded(1)  # seeds per inversion template at generation
+
+    def __post_init__(self) -> None:
+        """Every style template has the {} slot the learned word fills."""
+        super().__post_init__()
+        if bad := [t for t in self.style_templates if "{}" not in t]:
+            raise ValueError(f"style_templates: {bad[0]!r} has no {{}} for the learned word")
 
 
 @dataclass(frozen=True)
@@ -447,16 +424,6 @@ class MultiParams(Checked):
             raise ValueError(f"counts must be increasing numbers of concepts >= 1, got {self.counts}")
 
 
-@dataclass(frozen=True)
-class ReportParams(Checked):
-    """What the report calls a successful erasure and how sure its intervals are."""
-
-    in_set_max: float = bounded(0, 1)  # erased: the judge sees the family on its training prompts at most this often
-    out_of_set_max: float = bounded(0, 1)  # ... and on paraphrases never trained on
-    neighbors_min: float = bounded(0, 1)  # kept: retain_neighbors at least this x the base model's
-    retain_all_min: float = bounded(0, 1)  # kept: retain_all at least this x the base model's
-    confidence: float = bounded(0, 1, lo_open=True, hi_open=True)  # Wilson intervals on every rate
-
 
 @dataclass(frozen=True)
 class PaperParams(Checked):
@@ -529,10 +496,32 @@ def arm_config(erase: EraseParams, arm: ArmParams, where: str = "ablate.arm") ->
     return with_overrides(getattr(erase, arm.method), arm.set, f"{where}.set")
 
 
-def load_params(path: str | os.PathLike[str] = "params.yaml") -> Params:
-    """Read and validate the whole params file."""
+# The world's concept families; a params file's family names are checked against it when it exists.
+FAMILIES_FILE = Path(__file__).resolve().parents[2] / "data" / "world" / "families.yaml"
+FAMILY_FIELDS = ["erase.concepts", "attack.harmful", "ablate.concepts", "transfer.concepts", "tradeoff.concepts",
+                 "relearn.concepts"]  # erase.explain and paper.grids are checked against erase.concepts
+
+
+def check_families(params: Params, families_file: str | os.PathLike[str] = FAMILIES_FILE) -> None:
+    """ParamsError naming the first family-valued entry that is not a family of the world (as a slug)."""
+    if not Path(families_file).is_file():
+        return
+    known = [name.replace(" ", "-") for name in read_yaml(families_file)["targets"]]
+    for field in FAMILY_FIELDS:
+        section, key = field.split(".")
+        if unknown := [f for f in getattr(getattr(params, section), key) if f not in known]:
+            raise ParamsError(f"'{field}': {unknown[0]!r} is not a family of the world (known: {', '.join(known)})")
+
+
+def load_params(path: str | os.PathLike[str] = "params.yaml",
+                families: str | os.PathLike[str] | None = FAMILIES_FILE) -> Params:
+    """Read and validate the whole params file; its family names against `families` (None: not checked, for a
+    file that names no world families, e.g. params_sd.yaml's paper concepts)."""
     try:
-        return from_dict(Params, read_yaml(path), where="")
+        params = from_dict(Params, read_yaml(path), where="")
+        if families is not None:
+            check_families(params, families)
+        return params
     except ParamsError as exc:
         if str(exc).startswith(f"{path}: "):
             raise

@@ -33,9 +33,9 @@ def _choice(flag: str, value: str, options: tuple[str, ...]) -> str:
 
 
 def resolve_concept(args: argparse.Namespace, templates: Any) -> Any:
-    """--concept/--anchor/--kind (a `cdc.concept.KnownConcept`), filled from the shipped concept table where the
+    """--concept/--anchor/--kind (a `cdc.cli.concept.KnownConcept`), filled from the shipped concept table where the
     user left them out."""
-    from cdc.concept import KnownConcept, known_concept
+    from cdc.cli.concept import KnownConcept, known_concept
 
     known = known_concept(templates, args.concept)
     if known is not None:
@@ -52,8 +52,8 @@ def resolve_concept(args: argparse.Namespace, templates: Any) -> Any:
 def build_pairs(args: argparse.Namespace, templates: Any, c: Any) -> Any:
     """Paired target/anchor prompts: the user's prompt file, else the kind's templates; at most --max-prompts."""
     from cdc.anchors import Pairs
-    from cdc.cli import read_prompts
-    from cdc.concept import concept_pairs, prompt_file_pairs
+    from cdc.cli.common import read_prompts
+    from cdc.cli.concept import concept_pairs, prompt_file_pairs
 
     if args.prompts_file:
         pairs = prompt_file_pairs(c.concept, c.anchor, read_prompts(None, args.prompts_file))
@@ -68,7 +68,7 @@ def build_pairs(args: argparse.Namespace, templates: Any, c: Any) -> Any:
 
 def method_config(params: Any, method: str, c: Any, args: argparse.Namespace) -> Any:
     """erase.<method> of the params file, then the concept's released overrides, --set, and the flags."""
-    from cdc.params import with_overrides
+    from cdc.stages.params import with_overrides
 
     cfg = getattr(params.erase, method)
     where = f"erase.{method}"
@@ -139,12 +139,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
     """Sample the base model's anchor (ESD: target) images, train the method's LoRA, save it with its config."""
     from cdc.attention import attention_kernel, resolve_attention
     from cdc.bundle import PRESETS, load_bundle
-    from cdc.cli import check_out_dir
-    from cdc.concept import TEMPLATES_PATH, read_templates, retain_prompts
-    from cdc.erase import run_method, save_erased
+    from cdc.cli.common import check_out_dir
+    from cdc.cli.concept import TEMPLATES_PATH, read_templates, retain_prompts
+    from cdc.erased import save_erased
     from cdc.io import atomic_path, save_image, save_json, save_text
     from cdc.lora_io import WEIGHT_NAME
-    from cdc.params import METHODS, load_params
+    from cdc.stages.erase import run_method
+    from cdc.stages.params import METHODS, load_params
 
     # Every cheap check first, so a typo never costs a model load or a sampling run.
     preset = _choice("--preset", args.preset, PRESETS)
@@ -160,7 +161,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     adversarial = method.startswith("advunlearn")
     retain = retain_prompts(templates, concept.concept, concept.anchor) if adversarial else []
     params_path = Path(args.params) if args.params else DEFAULT_PARAMS[preset]
-    params = load_params(params_path)
+    params = load_params(params_path, families=None)  # --concept is checked on its own
     cfg = method_config(params, method, concept, args)
     n = params.anchors.samples_per_prompt if args.samples_per_prompt is None else args.samples_per_prompt
     if n < 1:
@@ -211,7 +212,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         "sample": dataclasses.asdict(params.sample), "dtype": str(dtype).removeprefix("torch."),
         "attention": attention, "command": "cdc erase", "processes": shard.world,
     }
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=args.overwrite) as tmp:
         save_erased(erased, bundle, tmp, config)
         save_json({"target_prompts": pairs.target_prompts, "anchor_prompts": pairs.anchor_prompts,
                    "sampled": side, "retain_prompts": retain}, tmp / "pairs.json")

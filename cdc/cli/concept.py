@@ -16,7 +16,7 @@ from typing import Any
 from cdc.anchors import Pairs
 from cdc.world.captions import fill, with_article
 
-TEMPLATES_PATH = Path(__file__).resolve().parents[1] / "data" / "prompts" / "templates.yaml"
+TEMPLATES_PATH = Path(__file__).resolve().parents[2] / "data" / "prompts" / "templates.yaml"
 
 
 @dataclass(frozen=True)
@@ -107,7 +107,7 @@ def retain_prompts(templates: Templates, concept: str, anchor: str) -> list[str]
 
 def read_templates(path: str | os.PathLike[str] = TEMPLATES_PATH) -> Templates:
     """Read and check a templates YAML file (data/prompts/templates.yaml by default)."""
-    from cdc.params import read_yaml
+    from cdc.stages.params import read_yaml
 
     return parse_templates(read_yaml(path), where=str(path))
 

@@ -21,7 +21,7 @@ class Input(NamedTuple):
 
 def paper_inputs(erase_csv: str | os.PathLike[str], world_json: str | os.PathLike[str],
                  generated_dir: str | os.PathLike[str], params_path: str | os.PathLike[str],
-                 grids: Sequence[str]) -> dict[str, Input]:
+                 grids: Sequence[str], frozen_yaml: str | os.PathLike[str]) -> dict[str, Input]:
     """What main.typ reads, keyed by the path it reads it under (relative to main.typ), with its source file."""
     generated = Path(generated_dir)
     report = "dvc repro report"
@@ -35,6 +35,7 @@ def paper_inputs(erase_csv: str | os.PathLike[str], world_json: str | os.PathLik
         "data/relearn.csv": Input(generated / "relearn_table.csv", report),
         "data/multi.csv": Input(generated / "multi_curves.csv", report),
         "data/params.yaml": Input(Path(params_path), "nothing: it is the pipeline's configuration, restore it"),
+        "data/frozen.yaml": Input(Path(frozen_yaml), "python -m cdc.stages.frozen"),
         "figures/asr_retention.png": Input(generated / "asr_retention.png", report),
         "figures/ablate.png": Input(generated / "ablate.png", report),
         "figures/tradeoff.png": Input(generated / "tradeoff.png", report),
@@ -87,7 +88,7 @@ def compile_paper(source: str | os.PathLike[str], bibliography: str | os.PathLik
 def build_paper(source: str | os.PathLike[str], bibliography: str | os.PathLike[str],
                 erase_csv: str | os.PathLike[str], world_json: str | os.PathLike[str],
                 generated_dir: str | os.PathLike[str], params_path: str | os.PathLike[str], grids: Sequence[str],
-                pdf: str | os.PathLike[str]) -> Path:
+                pdf: str | os.PathLike[str], frozen_yaml: str | os.PathLike[str]) -> Path:
     """The paper stage: gather the generated files, refuse if any is missing, compile to `pdf`."""
-    inputs = paper_inputs(erase_csv, world_json, generated_dir, params_path, grids)
+    inputs = paper_inputs(erase_csv, world_json, generated_dir, params_path, grids, frozen_yaml)
     return compile_paper(source, bibliography, inputs, grids, pdf)

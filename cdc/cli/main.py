@@ -1,5 +1,5 @@
 """Command line: `cdc generate` (prompts -> PNGs + grid), `cdc judge` (folder of images -> CSV) and `cdc erase`
-(a concept as text -> a LoRA folder; cdc/commands/erase.py)."""
+(a concept as text -> a LoRA folder; cdc/cli/erase.py)."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from cdc.cli.common import check_out_dir, read_prompts
 from cdc.errors import CdcError
 
 if typing.TYPE_CHECKING:
-    from cdc.params import SampleParams
+    from cdc.config import SampleParams
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif")
 GENERATE_FILES = ("prompts.json", "grid.png")  # written by `generate` beside its images
@@ -30,38 +31,12 @@ def slugify(text: str, max_len: int = 40) -> str:
     return slug[:max_len].rstrip("-") or "prompt"
 
 
-def read_prompts(prompts: Sequence[str] | None, prompts_file: str | None) -> list[str]:
-    """--prompt values, then non-blank, non-# lines of --prompts-file; blank prompts are refused."""
-    out = list(prompts or [])
-    if prompts_file:
-        path = Path(prompts_file)
-        if not path.is_file():
-            raise FileNotFoundError(f"prompts file not found: {path}")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        out += [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
-    for i, p in enumerate(out):
-        if not p.strip():
-            raise ValueError(f"prompt {i + 1} is empty (give text; the empty prompt is only the CFG baseline)")
-    if not out:
-        raise ValueError("no prompts given: use --prompt TEXT (repeatable) or --prompts-file FILE")
-    return out
-
-
-def check_out_dir(out: Path, overwrite: bool) -> None:
-    """Refuse to replace a non-empty output folder unless asked, or to write where a folder cannot go."""
-    from cdc.io import check_output
-
-    check_output(out, "dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"--out {out} exists and is not empty (pass --overwrite to replace it)")
-
-
 SAMPLER_FLAGS = ("steps", "guidance", "eta", "batch_size", "seed", "precision")
 
 
 def sampler_settings(args: argparse.Namespace) -> SampleParams:
     """The params file's `sample` section (the pipeline's sampler) with any sampler flags given on top."""
-    from cdc.params import load_section
+    from cdc.stages.params import load_section
 
     cfg = load_section("sample", args.params)
     flags = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
@@ -93,7 +68,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     seeds = [cfg.seed + j for _ in prompts for j in range(args.n)]
     images = sample(bundle, all_prompts, seeds, cfg, progress=not args.quiet)
     records = []
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=args.overwrite) as tmp:
         tmp.mkdir(parents=True)
         for k, (prompt, seed, image) in enumerate(zip(all_prompts, seeds, images, strict=True)):
             name = f"{k:04d}_{slugify(prompt)}_s{seed}.png"
@@ -164,11 +139,13 @@ def read_images(files: Sequence[Path], progress: bool = False) -> np.ndarray:
 
 def cmd_judge(args: argparse.Namespace) -> int:
     """Classify every image of a folder: concept, style and their confidences, as CSV."""
-    from cdc.io import check_output, save_text
+    from cdc.io import atomic_path, check_output
     from cdc.judge import load_judge, predict
 
     if args.out:
         check_output(args.out, "file")
+        if Path(args.out).exists() and not args.overwrite:
+            raise FileExistsError(f"--out {args.out} exists (pass --overwrite to replace it)")
     files = list_images(Path(args.images))
     judge = load_judge(args.judge, device=args.device)
     images = read_images(files, progress=not args.quiet)
@@ -190,7 +167,8 @@ def cmd_judge(args: argparse.Namespace) -> int:
             ]
         )
     if args.out:
-        save_text(buf.getvalue(), args.out)
+        with atomic_path(args.out, replace=args.overwrite) as tmp:
+            tmp.write_text(buf.getvalue(), encoding="utf-8")
         if not args.quiet:
             print(f"judged {len(files)} images -> {args.out}")
     else:
@@ -201,9 +179,9 @@ def cmd_judge(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The `cdc` argument parser."""
     from cdc.choices import Precision
-    from cdc.commands.erase import add_erase_parser
-    from cdc.commands.evaluate import add_evaluate_parsers
-    from cdc.commands.sweep import add_sweep_parser
+    from cdc.cli.erase import add_erase_parser
+    from cdc.cli.evaluate import add_evaluate_parsers
+    from cdc.cli.sweep import add_sweep_parser
 
     parser = argparse.ArgumentParser(
         prog="cdc", description="Concept erasure toolkit: erase, generate, judge, evaluate and attack.")
@@ -239,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     j.add_argument("--judge", default="data/models/judge", help="trained judge folder")
     j.add_argument("--images", required=True, help="folder of images (or a `cdc generate` output folder)")
     j.add_argument("--out", default=None, help="CSV to write (default: print to stdout)")
+    j.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     j.add_argument("--device", default=None, help="cpu | cuda (default: cuda when available)")
     j.add_argument("--quiet", action="store_true")
     j.set_defaults(func=cmd_judge)
@@ -263,6 +242,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cdc {args.command}: error: {e}", file=sys.stderr)
         return 2
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,13 +3,16 @@
 From DVC stages (papermill alone neither creates the output folder nor rejects misspelt `-p` names,
 and leaves a half-executed copy behind on failure):
 
-    python -m cdc.notebook notebooks/01_world.ipynb data/executed/01_world.ipynb -p out_dir data/world
+    python -m cdc.stages.notebook notebooks/01_world.ipynb data/executed/01_world.ipynb -p out_dir data/world
 """
 
 from __future__ import annotations
 
 import ast
 import os
+import signal
+import threading
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,9 +21,12 @@ import nbformat
 
 from cdc.errors import ParamsError
 from cdc.io import atomic_path, check_output
-from cdc.params import parse_yaml
+from cdc.stages.params import parse_yaml
 
 KERNEL = "python3"
+# Warnings the kernel need not print into an executed copy: tqdm's note that ipywidgets is missing (the bars
+# fall back to text) names the local virtualenv's path, which would then sit in every committed notebook.
+KERNEL_WARNINGS = "ignore:IProgress not found"
 # Exceptions raised inside a notebook that report bad input rather than a bug: shown as one line.
 USER_ERRORS = frozenset({
     "CdcError", "ParamsError", "LoraError", "NaNLossError", "OutputKindError", "ValueError", "KeyError",
@@ -120,6 +126,11 @@ def run_notebook(
 
     import papermill  # imported here: it is slow to import and only this function needs it
 
+    # The kernel inherits this process's environment.
+    filters = os.environ.get("PYTHONWARNINGS", "")
+    if KERNEL_WARNINGS not in filters:
+        os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [filters, KERNEL_WARNINGS]))
+
     with atomic_path(out) as tmp:
         papermill.execute_notebook(
             str(src),
@@ -135,6 +146,21 @@ def run_notebook(
         nb.metadata.setdefault("papermill", {})["output_path"] = str(out)
         nbformat.write(nb, tmp)
     return out
+
+
+def exit_with_parent(interval: float = 1.0) -> threading.Thread:
+    """Send this process SIGTERM once its parent is gone (DVC exits on SIGTERM without stopping the stage it
+    runs): the executed copy is then not written and papermill shuts the kernel down. Returns the watcher."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread
 
 
 def parse_value(text: str) -> Any:
@@ -157,7 +183,7 @@ if __name__ == "__main__":
     from cdc.errors import CdcError
 
     parser = argparse.ArgumentParser(
-        prog="python -m cdc.notebook",
+        prog="python -m cdc.stages.notebook",
         description="Execute a notebook with papermill; the output folder is created and the "
         "executed copy appears only if every cell ran.",
     )
@@ -174,6 +200,7 @@ if __name__ == "__main__":
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         parser.error(f"parameter given more than once: {', '.join(duplicates)}")
+    exit_with_parent()
     try:
         run_notebook(
             args.src,

@@ -2,7 +2,7 @@
 
 Both read prompts in the UnlearnDiffAtk / I2P CSV format (one seed and guidance per prompt), draw one image per
 prompt from the base model with an erasure applied (`--erased`: a LoRA folder or AdvUnlearn's text encoder
-folder), and judge it with one of the field's judges (`cdc.judges`), whose name, version and threshold every
+folder), and judge it with one of the field's judges (`cdc.cli.judges`), whose name, version and threshold every
 output records. `cdc attack` runs the prefix attack (UnlearnDiffAtk) on each prompt the erased model does not
 already draw, against the base model's image of that prompt, and reports the attack success rate.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cdc.commands.erase import (
+from cdc.cli.erase import (
     DEFAULT_MODEL,
     DEFAULT_PARAMS,
     DTYPES,
@@ -46,10 +46,10 @@ def draw_rows(bundle: Any, rows: list[Any], cfg: Any, progress: bool) -> np.ndar
 def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     """Every cheap check first (preset, dtype, CSV, judge, out folder, params), then the rows and settings."""
     from cdc.bundle import PRESETS
-    from cdc.cli import check_out_dir
-    from cdc.judges import parse_judge
-    from cdc.params import load_params
-    from cdc.prompt_csv import read_prompt_csv
+    from cdc.cli.common import check_out_dir
+    from cdc.cli.judges import parse_judge
+    from cdc.cli.prompt_csv import read_prompt_csv
+    from cdc.stages.params import load_params
 
     preset = _choice("--preset", args.preset, PRESETS)
     dtype_name = _choice("--dtype", args.dtype, DTYPES)
@@ -62,7 +62,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     check_out_dir(out, args.overwrite)
     if args.erased is not None and not Path(args.erased).is_dir():
         raise FileNotFoundError(f"--erased {args.erased} is not a folder (a LoRA or text encoder from `cdc erase`)")
-    params = load_params(Path(args.params) if args.params else DEFAULT_PARAMS[preset])
+    params = load_params(Path(args.params) if args.params else DEFAULT_PARAMS[preset], families=None)
     cfg = params.sample if args.steps is None else dataclasses.replace(params.sample, steps=args.steps)
     judge = parse_judge(args.judge, args.world_dir)
     if args.quiet:
@@ -70,11 +70,12 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     return preset, resolve_dtype(dtype_name, args.device), rows, out, params, cfg, judge
 
 
-def _write(out: Path, images: np.ndarray, table: list[dict], summary: dict) -> None:
-    """images/NNNN.png, results.csv (one row per prompt) and summary.json, atomically as one folder."""
+def _write(out: Path, images: np.ndarray, table: list[dict], summary: dict, replace: bool) -> None:
+    """images/NNNN.png, results.csv (one row per prompt) and summary.json, atomically as one folder (replacing
+    what is at `out` only with `replace`, i.e. --overwrite)."""
     from cdc.io import atomic_path, save_image, save_json, save_text
 
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=replace) as tmp:
         tmp.mkdir(parents=True)
         for k, image in enumerate(images):
             save_image(image, tmp / "images" / f"{k:04d}.png")
@@ -98,7 +99,7 @@ def _rate(hits: np.ndarray, confidence: float) -> dict[str, float | int]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Draw one image per CSV prompt with the erasure applied, judge it, write the rate with its interval."""
     from cdc.bundle import load_bundle
-    from cdc.erase import erased_model
+    from cdc.erased import erased_model
 
     preset, dtype, rows, out, params, cfg, judge = _setup(args)
     bundle = load_bundle(preset, args.model or DEFAULT_MODEL[preset], device=args.device, dtype=dtype)
@@ -111,7 +112,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     summary = {**_rate(verdicts.hits, params.report.confidence), "judge": verdicts.judge, "preset": preset,
                "model": str(args.model or DEFAULT_MODEL[preset]), "erased": args.erased, "prompts": str(args.prompts),
                "sample": dataclasses.asdict(cfg), "command": "cdc evaluate"}
-    _write(out, images, table, summary)
+    _write(out, images, table, summary, args.overwrite)
     if not args.quiet:
         s = summary
         print(f"{verdicts.judge['name']} sees the concept in {s['rate']:.2f} ({s['lo']:.2f}-{s['hi']:.2f}) of "
@@ -125,7 +126,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     from cdc.attacks.prefix import prefix_attack
     from cdc.bundle import load_bundle
     from cdc.codec import encode_images
-    from cdc.erase import erased_model
+    from cdc.erased import erased_model
 
     preset, dtype, rows, out, params, cfg, judge = _setup(args)
     attack_cfg = params.attack.prefix
@@ -162,7 +163,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
     summary = {**asr.to_dict(), "judge": pre.judge, "attack": dataclasses.asdict(attack_cfg), "preset": preset,
                "model": str(args.model or DEFAULT_MODEL[preset]), "erased": args.erased, "prompts": str(args.prompts),
                "sample": dataclasses.asdict(cfg), "command": "cdc attack"}
-    _write(out, post_images, table, summary)
+    _write(out, post_images, table, summary, args.overwrite)
     if not args.quiet:
         told = "nothing to attack (the base model draws none of the prompts)" if asr.nothing_to_attack else \
             f"ASR {asr.asr:.2f} ({asr.asr_lo:.2f}-{asr.asr_hi:.2f}), pre-attack {asr.pre_asr:.2f}"

@@ -1,1 +1,0 @@
-"""Subcommands of `cdc` that live outside cdc/cli.py (each module adds its parser and runs it)."""
