@@ -17,7 +17,7 @@ def resolve_attention(attention: str, device: str | torch.device) -> str:
     """'sdpa' or 'unfused' as given; 'auto' -> 'unfused' on the CPU, 'sdpa' elsewhere.
 
     Why: on the CPU the bf16 backward of the fused SDPA kernel is slow for the world UNet's short (16-64
-    token) sequences (benchmarks/pretrain_speed.py times both); the unfused kernel computes the same
+    token) sequences (benchmarks/NOTES.md gives both timings); the unfused kernel computes the same
     function with plain matmuls. On CUDA the fused kernel is the fast one.
     """
     if attention not in typing.get_args(Attention):

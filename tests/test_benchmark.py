@@ -21,8 +21,7 @@ from cdc.errors import ParamsError
 
 REPO = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPO / "benchmarks"
-KEPT = ("advunlearn_speed", "attack_speed", "erase_speed", "erase_sweep", "evaluate_speed", "pretrain_speed",
-        "sample_speed", "sd_speed", "stage_overhead", "stage_times", "sweep_summary")
+KEPT = ("erase_speed", "erase_sweep", "evaluate_speed", "sd_speed", "stage_times")
 
 
 def load_script(name: str) -> ModuleType:
@@ -124,39 +123,6 @@ def test_evaluate_speed_checks_settings_and_folders_before_loading(smoke_params_
     assert evaluate_speed.unet_calls(20, 1.5) == 40 and evaluate_speed.unet_calls(10, 1.0) == 10
 
 
-def test_attack_speed_checks_folders_and_both_ways_find_the_same(smoke_params, smoke_params_path, tiny_world_bundle,
-                                                                  tmp_path, monkeypatch):
-    import numpy as np
-    from helpers import random_latents
-
-    from cdc.stages.attack import AttackPlan, Judged
-
-    attack_speed = load_script("attack_speed")
-    argv = ["--params", str(smoke_params_path), "--data", str(tmp_path), "--erased", str(tmp_path / "lora")]
-    with pytest.raises(SystemExit, match="anchors/church does not exist"):
-        attack_speed.main(argv)
-    with pytest.raises(SystemExit, match="--repeats must be >= 1"):
-        attack_speed.main([*argv, "--repeats", "0"])
-
-    def judged(bundle, judge, world, family, prompts, seeds, sampler):  # "drawn": prompt 0, and some rewrites
-        hits = [p == "prompt 0" or (not p.startswith("prompt") and sum(map(ord, p)) % 3 == 0) for p in prompts]
-        return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.asarray(hits))
-
-    import cdc.stages.attack
-
-    monkeypatch.setattr(cdc.stages.attack, "draw_judged", judged)  # the batched way's
-    monkeypatch.setattr(attack_speed, "draw_judged", judged)  # the one-at-a-time way's
-    prompts = [f"prompt {i}" for i in range(4)]
-    no = Judged(np.zeros((0, 2, 2, 3), np.uint8), np.zeros(0, bool))
-    plan = AttackPlan("church", prompts, [0, 1, 2, 3], [random_latents(tiny_world_bundle, 2, i) for i in range(4)],
-                      random_latents(tiny_world_bundle, 2), Judged(np.zeros((4, 2, 2, 3), np.uint8), np.ones(4, bool)),
-                      "random", "church", [], [], no)
-    cfg = dataclasses.replace(smoke_params.attack.prefix, k=2, iterations=2, timesteps=3)
-    one = attack_speed.one_at_a_time(tiny_world_bundle, None, None, plan, cfg, smoke_params.sample)
-    batch = attack_speed.batched(tiny_world_bundle, None, None, plan, cfg, smoke_params.sample)
-    assert len(one) == 3 and one == batch  # prompt 0 is drawn already: three attacked, the same way
-
-
 def test_erase_sweep_arms_apply_to_all_or_one_method(erase_sweep, smoke_params):
     from cdc.errors import ParamsError
 
@@ -185,54 +151,6 @@ def test_erase_sweep_checks_overrides_before_loading_anything(erase_sweep, smoke
         erase_sweep.main([*argv, "--evaluate", "seed=778", "--sample", "seed=1000", "--arm", "steps=3"])
 
 
-def test_sample_speed_compares_variants_on_the_same_images(erase_speed, smoke_params, smoke_params_path, tmp_path,
-                                                           capsys):
-    import torch
-
-    from cdc.bundle import save_world_bundle
-
-    model = tmp_path / "world"  # a random world model of the smoke architecture, saved as the pretrain stage does
-    save_world_bundle(erase_speed.random_world_bundle(smoke_params, torch.device("cpu")), model)
-    out_json = tmp_path / "out" / "speed.json"
-    argv = ["--model", str(model), "--params", str(smoke_params_path), "--judge", str(tmp_path / "no-judge"),
-            "--images", "2", "--repeats", "1", "--threads", "1", "--json", str(out_json)]
-    result = load_script("sample_speed").main(argv)
-    saved = json.loads(out_json.read_text())
-    assert saved["variants"].keys() == result["variants"].keys() == {"fp32", "channels_last", "batch x2",
-                                                                      "bf16 autocast"}
-    rows = result["variants"]
-    assert rows["fp32"]["speedup"] == 1.0 and rows["fp32"]["max_pixel_diff"] == 0
-    # Per-image seeding: batch size and memory order change kernels, not what is drawn.
-    assert all(rows[k]["max_pixel_diff"] <= 8 for k in ("channels_last", "batch x2"))
-    assert all(r["images_per_s"] > 0 and r["mean_pixel_diff"] < 10 for r in rows.values())
-    assert saved["judge"] is None and "judged_same" not in rows["fp32"]
-    out = capsys.readouterr().out
-    assert "images/s" in out and "no judge at" in out
-
-
-def test_advunlearn_speed_times_full_fast_and_the_inner_attack(erase_speed, smoke_params, smoke_params_path,
-                                                               tmp_path, capsys):
-    import torch
-
-    from cdc.bundle import save_world_bundle
-
-    model = tmp_path / "world"
-    save_world_bundle(erase_speed.random_world_bundle(smoke_params, torch.device("cpu")), model)
-    out_json = tmp_path / "out" / "advunlearn.json"
-    argv = ["--model", str(model), "--params", str(smoke_params_path), "--steps", "2", "--repeats", "1",
-            "--released-steps", "4", "--json", str(out_json)]
-    result = load_script("advunlearn_speed").main(argv)
-    assert json.loads(out_json.read_text())["ratios"] == pytest.approx(result["ratios"])
-    assert all(len(t) == 2 for t in result["times_s"].values())  # burn-in dropped, every variant timed alike
-    assert result["inner_steps"] == {"clean": 0, "fast": 1, "full": smoke_params.erase.advunlearn.attack_steps,
-                                     "released": 4, "inner": smoke_params.erase.advunlearn.attack_steps}
-    assert all(v > 0 and math.isfinite(v) for v in result["ratios"].values())
-    out = capsys.readouterr().out
-    assert "fast AT is" in out and "inner attack alone" in out and "projected erase time" in out
-    with pytest.raises(SystemExit):
-        load_script("advunlearn_speed").main(["--model", str(tmp_path / "nowhere")])
-
-
 def test_stage_times_sums_each_stage_from_the_executed_notebooks(tmp_path, capsys):
     import nbformat
 
@@ -254,22 +172,6 @@ def test_stage_times_sums_each_stage_from_the_executed_notebooks(tmp_path, capsy
     assert [r["stage"] for r in since] == ["06_erase"]
 
 
-def test_stage_overhead_times_each_part_and_leaves_the_lock_alone(tmp_path, capsys):
-    lock = tmp_path / "dvc.lock"
-    text = "schema: '2.0'\nstages:\n  world:\n    cmd: python -m cdc.stages.notebook a.ipynb b.ipynb\n"
-    lock.write_text(text)
-    script = load_script("stage_overhead")
-    result = script.main(["--repeats", "1", "--lock", str(lock), "--json", str(tmp_path / "out.json")])
-    parts = ("runner_import", "empty_stage", "lock_parse", "lock_rewrite")
-    assert all(result[p]["median_s"] > 0 for p in parts) and result["lock"]["stages"] == 1
-    assert result["empty_stage"]["median_s"] > result["runner_import"]["median_s"]  # the runner is part of a stage
-    assert lock.read_text() == text  # the rewrite ran on a copy
-    assert json.loads((tmp_path / "out.json").read_text())["lock"]["lines"] == 4
-    assert "per stage outside its cells" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        script.main(["--lock", str(tmp_path / "missing.lock")])
-
-
 def sweep_rows() -> list[dict]:
     def row(concept, method, arm="", in_set=0.0, nbr=1.0, every=1.0):
         # out-of-set is for the test split: a high one does not stop a row meeting its concept
@@ -283,49 +185,28 @@ def sweep_rows() -> list[dict]:
             row("a", "ca", "prior_weight=2", nbr=0.5), row("b", "ca", "prior_weight=2")]  # meets b only: a tie
 
 
-def test_sweep_summary_adopts_an_arm_only_when_it_meets_more_concepts(smoke_params, tmp_path, capsys):
-    module = load_script("sweep_summary")
+def test_erase_sweep_summary_adopts_an_arm_only_when_it_meets_more_concepts(erase_sweep, smoke_params, tmp_path,
+                                                                           capsys):
     rows = sweep_rows()
     path = tmp_path / "val.json"
     path.write_text(json.dumps(rows))
-    summary = module.main([str(path), "--params", str(REPO / "params.yaml")])
+    summary = erase_sweep.main(["--summary", str(path), "--params", str(REPO / "params.yaml")])
     assert summary["meets"]["doco"] == {"": ["b"], "lam=2": ["a", "b"]}
     assert summary["adopted"] == {"doco": "lam=2", "ca": ""}
     assert "adopts lam=2" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--with-base"):
-        module.summarise([r for r in rows if r["method"] != "base"], smoke_params.report)
+        erase_sweep.summarise([r for r in rows if r["method"] != "base"], smoke_params.report)
 
 
-def test_sweep_summary_runs_as_a_script_from_the_repository_root(tmp_path):
+def test_erase_sweep_summary_runs_as_a_script_from_the_repository_root(tmp_path):
     path = tmp_path / "val.json"
     path.write_text(json.dumps(sweep_rows()))
     out = tmp_path / "summary" / "summary.json"
-    done = subprocess.run([sys.executable, "benchmarks/sweep_summary.py", str(path), "--json", str(out)],
+    done = subprocess.run([sys.executable, "benchmarks/erase_sweep.py", "--summary", str(path), "--json", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "doco: params.yaml: 1/2, lam=2: 2/2 -> adopts lam=2" in done.stdout
     assert json.loads(out.read_text())["adopted"] == {"doco": "lam=2", "ca": ""}
-
-
-def test_pretrain_speed_times_precisions_and_attention_kernels_on_the_pretrain_loop(smoke_params, smoke_params_path,
-                                                                                    tmp_path, capsys):
-    module = load_script("pretrain_speed")
-    out_json = tmp_path / "out" / "speed.json"
-    argv = ["--params", str(smoke_params_path), "--steps", "2", "--burn-in", "1", "--repeats", "2",
-            "--threads", "1"]
-    result = module.main([*argv, "--json", str(out_json)])
-    assert json.loads(out_json.read_text())["ratios_to_fp32"] == pytest.approx(result["ratios_to_fp32"])
-    assert set(result["ratios_to_fp32"]) == {"bf16", "bf16 unfused"}
-    assert result["block_channels"] == smoke_params.pretrain.block_channels
-    assert result["batch_size"] == smoke_params.pretrain.batch_size
-    for arm in ("fp32", "bf16", "bf16 unfused"):
-        row = result["arms"][arm]
-        assert len(row["seconds"]) == 4 and row["min_s"] <= row["median_s"] <= row["max_s"]
-    assert result["arms"]["bf16 unfused"]["attention"] == "unfused"
-    out = capsys.readouterr().out
-    assert "ratio bf16 / fp32 =" in out and "ratio bf16 unfused / fp32 =" in out
-    with pytest.raises(SystemExit):
-        module.main(["--params", str(smoke_params_path), "--steps", "0"])
 
 
 def test_sd_speed_times_every_method_on_a_tiny_sd_and_projects_a_concept(smoke_params_path, tmp_path, capsys):

@@ -1,14 +1,20 @@
-"""Every notebook runs top to bottom through cdc.stages.notebook on the tiny configuration.
+"""Every DVC stage runs its notebook top to bottom through cdc.stages.notebook, on the tiny configuration.
 
-tests/smoke.yaml's `notebooks` maps a notebook stem to its papermill parameters, e.g.
-    01_world: {params_path: "{params}", out_dir: "{tmp}/world"}
-"{tmp}" becomes one folder shared by all notebooks of the run (so later notebooks can read what
-earlier ones wrote), "{params}" the smoke params file and "{repo}" the repository root; notebooks run
-in number order with the repository root as working directory, as under DVC.
+The runs are dvc.yaml's own: each stage's items expanded over the smoke params (params.yaml with tests/smoke.yaml's
+overrides), each run's `-p` values over its notebook's parameters-cell defaults, and every path that points at a
+stage's output redirected into one temporary folder shared by the whole run, so later stages read what earlier
+ones wrote and nothing in the repository is touched. Stages run in dvc.yaml's order with the repository root as
+working directory, as under DVC.
 """
 
+import ast
+import itertools
+import json
+import re
+import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -21,18 +27,77 @@ pytestmark = pytest.mark.notebooks
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((REPO / "notebooks").glob("[0-9][0-9]_*.ipynb"))
-SMOKE = REPO / "tests" / "smoke.yaml"
+STAGES = read_yaml(REPO / "dvc.yaml")["stages"]
+TEMPLATE = re.compile(r"\$\{\s*([\w.-]+)\s*\}")
 
 
-def substitute(value, tmp: Path, params: Path):
-    """Replace {tmp}, {params} and {repo} in strings, recursively."""
-    if isinstance(value, str):
-        return value.replace("{tmp}", str(tmp)).replace("{params}", str(params)).replace("{repo}", str(REPO))
-    if isinstance(value, list):
-        return [substitute(v, tmp, params) for v in value]
-    if isinstance(value, dict):
-        return {k: substitute(v, tmp, params) for k, v in value.items()}
+def lookup(dotted: str, variables: dict) -> Any:
+    node: Any = variables
+    for key in dotted.split("."):
+        node = node[key]
+    return node
+
+
+def expand(text: str, variables: dict) -> str:
+    """`text` with every ${a.b} replaced by its value."""
+    return TEMPLATE.sub(lambda m: str(lookup(m.group(1), variables)), text)
+
+
+def stage_items(stage: dict, params: dict) -> list[tuple[dict, dict]]:
+    """(body, variables) per run of a stage: one for a plain stage, one per item of a foreach or matrix stage."""
+    if "foreach" in stage:
+        items = lookup(TEMPLATE.fullmatch(stage["foreach"]).group(1), params)
+        return [(stage["do"], params | {"item": item}) for item in items]
+    if "matrix" in stage:
+        axes = {k: lookup(TEMPLATE.fullmatch(v).group(1), params) for k, v in stage["matrix"].items()}
+        body = {k: v for k, v in stage.items() if k != "matrix"}
+        return [(body, params | {"item": dict(zip(axes, combo))}) for combo in itertools.product(*axes.values())]
+    return [(stage, params)]
+
+
+def output_prefixes() -> list[str]:
+    """Every stage output of dvc.yaml as a path prefix (a templated path up to its first ${)."""
+    out = []
+    for stage in STAGES.values():
+        body = stage.get("do", stage)
+        for key in ("outs", "metrics", "plots"):
+            for entry in body.get(key, []) or []:
+                out += [entry] if isinstance(entry, str) else list(entry)
+    return [str(o).split("${")[0] for o in out]
+
+
+def redirected(value: Any, tmp: Path, outputs: list[str]) -> Any:
+    """A path parameter that names a stage output, lies under one or holds some, moved into `tmp`."""
+    if not isinstance(value, str) or not value.startswith(("data/", "paper/")):
+        return value
+    if any(value.startswith(o) or o.startswith(value.rstrip("/") + "/") for o in outputs):
+        return str(tmp / value)
     return value
+
+
+def notebook_defaults(notebook: Path) -> dict[str, Any]:
+    """The literal values the notebook's parameters cell assigns."""
+    cells = json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    out = {}
+    for stmt in ast.parse("".join(cell["source"])).body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1 and isinstance(stmt.targets[0], ast.Name):
+            out[stmt.targets[0].id] = ast.literal_eval(stmt.value)
+    return out
+
+
+def smoke_runs(stage: str, params: dict, params_path: Path, tmp: Path) -> list[tuple[Path, Path, dict]]:
+    """(notebook, executed copy, papermill parameters) of each run of `stage` under the smoke params."""
+    outputs, runs = output_prefixes(), []
+    for body, variables in stage_items(STAGES[stage], params):
+        cmd = shlex.split(expand(" ".join(body["cmd"]) if isinstance(body["cmd"], list) else body["cmd"],
+                                 variables))
+        assert cmd[:3] == ["python", "-m", "cdc.stages.notebook"], f"{stage}: cmd is not the notebook runner"
+        notebook, executed, flags = REPO / cmd[3], cmd[4], cmd[5:]
+        given = {flags[i + 1]: parse_value(flags[i + 2]) for i in range(0, len(flags), 3) if flags[i] == "-p"}
+        values = notebook_defaults(notebook) | given | {"params_path": str(params_path)}
+        runs.append((notebook, tmp / executed, {k: redirected(v, tmp, outputs) for k, v in values.items()}))
+    return runs
 
 
 @pytest.fixture(scope="module")
@@ -40,21 +105,30 @@ def smoke_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("smoke")
 
 
-def test_every_notebook_has_a_smoke_entry():
-    entries = read_yaml(SMOKE)["notebooks"]
-    assert NOTEBOOKS, "no numbered notebooks found"
-    assert sorted(entries) == [p.stem for p in NOTEBOOKS], "tests/smoke.yaml `notebooks` must list every notebook"
+def test_every_notebook_is_one_stage():
+    used = [shlex.split(" ".join(s.get("do", s)["cmd"].split()))[3] for s in STAGES.values()]
+    assert sorted(used) == [f"notebooks/{p.name}" for p in NOTEBOOKS], "each numbered notebook must be one stage"
 
 
-@pytest.mark.parametrize("path", [pytest.param(p, id=p.stem) for p in NOTEBOOKS])
-def test_notebook_runs(path, smoke_dir, smoke_params_path):
-    entries = read_yaml(SMOKE)["notebooks"]
-    assert path.stem in entries, f"no entry for {path.stem} in tests/smoke.yaml `notebooks`"
-    runs = entries[path.stem] if isinstance(entries[path.stem], list) else [entries[path.stem]]
-    for i, entry in enumerate(runs):
-        out = smoke_dir / "executed" / f"{path.stem}_{i}.ipynb"
-        run_notebook(path, out, substitute(entry, smoke_dir, smoke_params_path), cwd=REPO)
-        assert out.exists()
+def test_smoke_runs_follow_dvc_yaml(tmp_path, smoke_params_path):
+    """The derived runs: the stage's own -p values, outputs moved into the smoke folder, sources left alone."""
+    params = read_yaml(smoke_params_path)
+    (notebook, executed, values), *rest = smoke_runs("erase", params, smoke_params_path, tmp_path)
+    assert notebook.name == "06_erase.ipynb" and len(rest) == len(params["erase"]["methods"]) - 1
+    assert executed == tmp_path / "data/executed/06_erase_church_doco.ipynb"
+    assert values["out_dir"] == str(tmp_path / "data/erase/church/doco")
+    assert values["model_dir"] == str(tmp_path / "data/models/world") and values["method"] == "doco"
+    (_, _, paper), = smoke_runs("paper", params, smoke_params_path, tmp_path)
+    assert paper["source_path"] == "paper/main.typ" and paper["frozen_path"] == "data/frozen.yaml"
+    assert paper["generated_dir"] == str(tmp_path / "paper/generated")
+
+
+@pytest.mark.parametrize("stage", list(STAGES))
+def test_stage_notebook_runs(stage, smoke_dir, smoke_params_path):
+    for notebook, executed, values in smoke_runs(stage, read_yaml(smoke_params_path), smoke_params_path,
+                                                 smoke_dir):
+        run_notebook(notebook, executed, values, cwd=REPO)
+        assert executed.exists()
 
 
 def tiny_notebook(folder: Path, body: str = "print(x * 2)") -> Path:
