@@ -57,12 +57,16 @@ from cdc.text import ClipEncoder
 METHODS = ("doco", "esd", "ca", "advunlearn-fast", "advunlearn", "anchors")
 # (warm-up steps, full steps) of the released recipes, the step counts the projection uses:
 RECIPES = {
-    "doco": (1000, 1000),  # DoCo README: 2000 steps, the first 1000 D-only, batch 8+8, 512 px (methods.md E.6)
-    "esd": (0, 1000),  # ESD train-esd.py --iterations 1000 (methods.md C.3; the 2025 rewrite uses 200)
-    "ca": (0, 400),  # Concept Ablation: 400 steps for nudity/memorization, 100 for styles/objects (peers.md)
-    "advunlearn-fast": (200, 800),  # AdvUnlearn: 1000 iterations, --warmup_iter 200 (methods.md B.2)
+    "doco": (1000, 1000),  # DoCo README: 2000 steps, the first 1000 D-only, batch 8+8, 512 px
+    # [Wu et al., AAAI 2025; yongliang-wu/DoCo@ebf6ff4:README.md, --max_train_steps 2000 --warm_up 1000]
+    "esd": (0, 1000),  # ESD train-esd.py --iterations 1000 [Gandikota et al., ICCV 2023]; the 2025 rewrite uses 200
+    "ca": (0, 400),  # Concept Ablation: 400 steps for nudity/memorization, 100 for styles/objects
+    # [Kumari et al., ICCV 2023; its README, nupurkmr9/concept-ablation]
+    "advunlearn-fast": (200, 800),  # AdvUnlearn: 1000 iterations, --warmup_iter 200
+    # [Zhang et al., NeurIPS 2024; OPTML-Group/AdvUnlearn@9d23124:train-scripts/AdvUnlearn.py argument defaults]
     "advunlearn": (200, 800),  # the same, every post-warm-up iteration a 30-step attack
-    "anchors": (0, 1000),  # DoCo: 1000 SD-generated anchor images per concept (methods.md E.3)
+    "anchors": (0, 1000),  # DoCo: 1000 SD-generated anchor images per concept
+    # [yongliang-wu/DoCo@ebf6ff4:train.py, --num_class_images default 1000]
 }
 GOAL_MINUTES = {"doco": 10.0, "advunlearn-fast": 60.0}
 TEMPLATES = ("{}", "a photo of {}", "a painting of {}", "{} in a field")

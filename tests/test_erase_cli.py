@@ -58,9 +58,10 @@ def test_advunlearn_writes_a_text_encoder_clip_loads(tiny_sd_folder, smoke_param
 
     out = tmp_path / "encoder"
     assert erase(tiny_sd_folder, smoke_params_path, out, "--concept", "church", "--method", "advunlearn",
-                 "--templates", str(templates_file)) == 0
+                 "--templates", str(templates_file), "--warmup-steps", "1") == 0
     config = load_json(out / "cdc_config.json")
     assert config["method"] == "advunlearn" and config["params"]["module"] == "text_encoder"
+    assert config["params"]["warmup_steps"] == 1  # --warmup-steps is AdvUnlearn's knob too
     pairs = load_json(out / "pairs.json")
     assert pairs["sampled"] == "target"
     assert pairs["retain_prompts"] == ["a photo of a dog", "a photo of a cat"]  # the anchor's prompt is left out
@@ -117,7 +118,7 @@ def test_erase_from_a_prompts_file_with_overrides(tiny_sd_folder, smoke_params_p
         (["--concept", "church", "--anchor", "house", "--method", "uce"], "--method must be one of"),
         (["--concept", "church", "--anchor", "Church"], "the anchor equals the concept"),
         (["--concept", "a made-up thing"], "--anchor is required"),
-        (["--concept", "church", "--anchor", "house", "--method", "esd", "--warmup-steps", "1"], "DoCo knob"),
+        (["--concept", "church", "--anchor", "house", "--method", "esd", "--warmup-steps", "1"], "esd has no warm-up"),
         (["--concept", "church", "--anchor", "house", "--kind", "sculpture"], "unknown kind 'sculpture'"),
     ],
 )

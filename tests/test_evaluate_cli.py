@@ -41,8 +41,8 @@ def test_prompt_csv_rows_and_column_aliases(church_csv, tmp_path):
 @pytest.mark.parametrize("text, message", [
     ("text,evaluation_seed\nx,1\n", "no prompt column"),
     ("prompt,guidance\nx,1\n", "no evaluation_seed / sd_seed / seed column"),
-    ("prompt,seed\nx,one\n", r":2: seed must be an integer"),
-    ("prompt,seed,guidance\nx,1,nan\n", r":2: the seed must be >= 0 and the guidance finite"),
+    ("prompt,seed\nx,one\n", r":2: seed 'one' is not an integer"),
+    ("prompt,seed,guidance\nx,1,nan\n", r":2: guidance 'nan' is outside \[0, 100\]"),
     ("prompt,seed\n,1\n", r":2: the prompt is empty"),
     ("prompt,seed\n", "no prompts"),
 ])

@@ -68,7 +68,7 @@ def build_pairs(args: argparse.Namespace, templates: Any, c: Any) -> Any:
 
 def method_config(params: Any, method: str, c: Any, args: argparse.Namespace) -> Any:
     """erase.<method> of the params file, then the concept's released overrides, --set, and the flags."""
-    from cdc.stages.params import with_overrides
+    from cdc.stages.params import METHODS, with_overrides
 
     cfg = getattr(params.erase, method)
     where = f"erase.{method}"
@@ -77,13 +77,49 @@ def method_config(params: Any, method: str, c: Any, args: argparse.Namespace) ->
             cfg = with_overrides(cfg, text, where)
     flags = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed}
     if args.warmup_steps is not None:
-        if method != "doco":
-            raise ValueError(f"--warmup-steps is a DoCo knob; {method} has no warm-up")
+        if not has_warmup(cfg):
+            with_warmup = [m for m in METHODS if has_warmup(getattr(params.erase, m))]
+            raise ValueError(f"--warmup-steps is a knob of {', '.join(with_warmup)}; {method} has no warm-up")
         flags["warmup_steps"] = args.warmup_steps
     try:
         return dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
-    except ValueError as e:  # range checks, e.g. DoCo's warm-up >= steps
-        raise ValueError(f"{where}: {e}") from None
+    except ValueError as e:  # range checks, e.g. DoCo's or AdvUnlearn's warm-up >= steps
+        hint = " (pass a smaller --warmup-steps or a larger --steps)" if "warmup_steps" in str(e) else ""
+        raise ValueError(f"{where}: {e}{hint}") from None
+
+
+def has_warmup(cfg: Any) -> bool:
+    """Whether a method's config has a warm-up (DoCo: discriminator-only steps; AdvUnlearn: steps without attack)."""
+    return dataclasses.is_dataclass(cfg) and "warmup_steps" in {f.name for f in dataclasses.fields(cfg)}
+
+
+EXTRA_OUTPUT_BYTES = 32 * 2**20  # samples_grid.png (16 images), history.csv, pairs.json, configs and a tokenizer
+
+
+def output_bytes(bundle: Any, cfg: Any) -> tuple[int, str]:
+    """What `cdc erase` will write, estimated before training: AdvUnlearn's text encoder is a full copy of the
+    base encoder's weights (in the bundle's dtype); a LoRA is rank x (in + out) float32 numbers per wrapped layer
+    (x kernel size for convolutions). Plus EXTRA_OUTPUT_BYTES for the rest of the folder."""
+    from torch import nn
+
+    from cdc.lora import target_modules
+
+    if getattr(cfg, "module", "unet") == "text_encoder":
+        weights = sum(p.numel() * p.element_size() for p in bundle.text.model.parameters())
+        what = "a copy of the base text encoder's weights"
+    else:
+        numbers = 0
+        for name in target_modules(bundle.unet, cfg.lora_group):
+            layer = bundle.unet.get_submodule(name)
+            layer = getattr(layer, "base_layer", layer)
+            if isinstance(layer, nn.Conv2d):
+                kh, kw = layer.kernel_size
+                numbers += cfg.lora_rank * (layer.in_channels * kh * kw + layer.out_channels)
+            else:
+                numbers += cfg.lora_rank * (layer.in_features + layer.out_features)
+        weights = 4 * numbers
+        what = f"a rank-{cfg.lora_rank} LoRA"
+    return weights + EXTRA_OUTPUT_BYTES, f"{what}, {weights / 2**20:.1f} MiB, and 32 MiB for the grid and logs"
 
 
 def resolve_dtype(name: str, device: Any) -> Any:
@@ -139,7 +175,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     """Sample the base model's anchor (ESD: target) images, train the method's LoRA, save it with its config."""
     from cdc.attention import attention_kernel, resolve_attention
     from cdc.bundle import PRESETS, load_bundle
-    from cdc.cli.common import check_out_dir
+    from cdc.cli.common import check_free_space, check_out_dir
     from cdc.cli.concept import TEMPLATES_PATH, read_templates, retain_prompts
     from cdc.erased import save_erased
     from cdc.io import atomic_path, save_image, save_json, save_text
@@ -179,6 +215,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     if not main:
         say = lambda *_: None  # noqa: E731
     bundle = load_bundle(preset, model, device=device, dtype=dtype)
+    check_free_space(out, *output_bytes(bundle, cfg))  # a full disk says so now, not after training
     # ESD and AdvUnlearn learn from the base model's own images of the concept; DoCo and CA from the anchor's.
     side = "target" if method == "esd" or adversarial else "anchor"
     prompts = pairs.target_prompts if side == "target" else pairs.anchor_prompts
@@ -220,7 +257,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
         save_image(samples_grid(images, index, prompts), tmp / "samples_grid.png")
     if erased.text is not bundle.text:
         say(f"{method} erase took {seconds:.0f} s; wrote the text encoder to {out} (load with "
-            f"{type(bundle.text.model).__name__}.from_pretrained({str(out)!r}))")
+            f"{type(bundle.text.model).__name__}.from_pretrained({str(out)!r}) or `cdc generate --lora {out}`)")
     else:
         say(f"{method} erase took {seconds:.0f} s; wrote {out / WEIGHT_NAME} (load with "
             f"StableDiffusionPipeline.load_lora_weights({str(out)!r}) or `cdc generate --lora {out}`)")
@@ -286,10 +323,11 @@ def add_erase_parser(sub: Any) -> None:
                         "settings, for --preset sd)")
     e.add_argument("--samples-per-prompt", type=int, default=None,
                    help="base-model images per anchor (ESD: target) prompt (default: anchors.samples_per_prompt)")
-    e.add_argument("--steps", type=int, default=None, help="training steps, DoCo's warm-up included "
-                                                            "(default: erase.<method>.steps)")
+    e.add_argument("--steps", type=int, default=None, help="training steps, DoCo's and AdvUnlearn's warm-up "
+                                                            "included (default: erase.<method>.steps)")
     e.add_argument("--warmup-steps", type=int, default=None,
-                   help="DoCo only: discriminator-only steps at the start (default: erase.doco.warmup_steps)")
+                   help="DoCo and AdvUnlearn: the first steps, discriminator-only (DoCo) or without the attack "
+                        "(AdvUnlearn); fewer than --steps (default: erase.<method>.warmup_steps)")
     e.add_argument("--lr", type=float, default=None, help="LoRA AdamW learning rate (default: erase.<method>.lr)")
     e.add_argument("--batch-size", type=int, default=None,
                    help="latents per training step (default: erase.<method>.batch_size)")

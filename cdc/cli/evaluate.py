@@ -46,7 +46,7 @@ def draw_rows(bundle: Any, rows: list[Any], cfg: Any, progress: bool) -> np.ndar
 def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     """Every cheap check first (preset, dtype, CSV, judge, out folder, params), then the rows and settings."""
     from cdc.bundle import PRESETS
-    from cdc.cli.common import check_out_dir
+    from cdc.cli.common import check_erasure_files, check_out_dir
     from cdc.cli.judges import parse_judge
     from cdc.cli.prompt_csv import read_prompt_csv
     from cdc.stages.params import load_params
@@ -62,6 +62,8 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     check_out_dir(out, args.overwrite)
     if args.erased is not None and not Path(args.erased).is_dir():
         raise FileNotFoundError(f"--erased {args.erased} is not a folder (a LoRA or text encoder from `cdc erase`)")
+    if args.erased is not None:
+        check_erasure_files(args.erased, "--erased")  # a truncated weights file is named before any model loads
     params = load_params(Path(args.params) if args.params else DEFAULT_PARAMS[preset], families=None)
     cfg = params.sample if args.steps is None else dataclasses.replace(params.sample, steps=args.steps)
     judge = parse_judge(args.judge, args.world_dir)

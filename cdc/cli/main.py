@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cdc.cli.common import check_out_dir, read_prompts
+from cdc.cli.common import check_erasure_files, check_out_dir, read_prompts
 from cdc.errors import CdcError
 
 if typing.TYPE_CHECKING:
@@ -32,41 +32,66 @@ def slugify(text: str, max_len: int = 40) -> str:
 
 
 SAMPLER_FLAGS = ("steps", "guidance", "eta", "batch_size", "seed", "precision")
+# Images one `cdc generate` call draws: it holds them all in memory and pastes them all into grid.png, so
+# 2048 Stable Diffusion images (512 x 512 x 3 bytes each) take about 1.5 GiB as images and as much again as the grid.
+MAX_GENERATE_IMAGES = 2048
 
 
 def sampler_settings(args: argparse.Namespace) -> SampleParams:
     """The params file's `sample` section (the pipeline's sampler) with any sampler flags given on top."""
+    from cdc.cli.prompt_csv import MAX_GUIDANCE, MAX_SEED
     from cdc.stages.params import load_section
 
     cfg = load_section("sample", args.params)
     flags = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     try:
-        return dataclasses.replace(cfg, **flags)
+        cfg = dataclasses.replace(cfg, **flags)
     except ValueError as e:  # range checks of SampleParams
         raise ValueError(f"sampler flag: {e}") from None
+    if cfg.guidance > MAX_GUIDANCE:  # SampleParams has checked it is finite and >= 0
+        raise ValueError(f"sampler flag: guidance must be <= {MAX_GUIDANCE:g} (SD's usual scale is 7.5), "
+                         f"got {cfg.guidance:g}")
+    if cfg.seed > MAX_SEED:
+        raise ValueError(f"sampler flag: seed must be <= 2**63-1, got {cfg.seed}")
+    return cfg
+
+
+def check_image_count(n: int, prompts: Sequence[str], first_seed: int) -> None:
+    """--n images for each prompt: at least 1, at most MAX_GENERATE_IMAGES in all, seeds within int64."""
+    from cdc.cli.prompt_csv import MAX_SEED
+
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
+    total = n * len(prompts)
+    if total > MAX_GENERATE_IMAGES:
+        raise ValueError(f"--n {n} x {len(prompts)} prompt(s) is {total} images, over the {MAX_GENERATE_IMAGES} one "
+                         "`cdc generate` call holds in memory and pastes into grid.png (at SD's 512 px, about 1.5 "
+                         "GiB each way); use a smaller --n or split the prompts over several calls")
+    if first_seed + n - 1 > MAX_SEED:
+        raise ValueError(f"--seed {first_seed} with --n {n} runs past the largest seed, 2**63-1")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Sample n images per prompt (seeds seed..seed+n-1) into a new folder with a grid and an index."""
     from cdc.bundle import load_bundle
+    from cdc.erased import erased_model
     from cdc.grid import make_grid
     from cdc.io import atomic_path, save_image, save_json
-    from cdc.lora_io import load_lora
     from cdc.sampler import sample
     from cdc.system import resolve_precision
 
     prompts = read_prompts(args.prompt, args.prompts_file)
-    if args.n < 1:
-        raise ValueError(f"--n must be >= 1, got {args.n}")
     cfg = sampler_settings(args)
+    check_image_count(args.n, prompts, cfg.seed)
     out = Path(args.out)
     check_out_dir(out, args.overwrite)
+    if args.lora:  # a UNet LoRA or AdvUnlearn's text encoder, checked whole before the model loads
+        check_erasure_files(args.lora, "--lora")
     bundle = load_bundle(args.preset, args.model, device=args.device)
-    if args.lora:
-        load_lora(bundle.unet, args.lora, allow_other_base=args.allow_other_base)
     all_prompts = [p for p in prompts for _ in range(args.n)]
     seeds = [cfg.seed + j for _ in prompts for j in range(args.n)]
-    images = sample(bundle, all_prompts, seeds, cfg, progress=not args.quiet)
+    with erased_model(bundle, args.lora, allow_other_base=args.allow_other_base) as model:
+        images = sample(model, all_prompts, seeds, cfg, progress=not args.quiet)
     records = []
     with atomic_path(out, replace=args.overwrite) as tmp:
         tmp.mkdir(parents=True)
@@ -190,14 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("generate", help="generate images for prompts into a folder (PNGs, grid.png, prompts.json)")
     g.add_argument("--preset", default="world", help="model preset: world | sd (default world)")
     g.add_argument("--model", default="data/models/world", help="world model folder, or SD folder / hub id")
-    g.add_argument("--lora", default=None, help="diffusers LoRA folder to load into the UNet")
+    g.add_argument("--lora", default=None,
+                   help="the erasure to apply: a diffusers LoRA folder or .safetensors file for the UNet, or a text "
+                        "encoder folder (with config.json) from `cdc erase --method advunlearn`")
     g.add_argument("--allow-other-base", action="store_true",
-                   help="load a cdc LoRA even though it was trained on other base weights (a warning says so)")
+                   help="apply a cdc LoRA or text encoder even though it was trained on other base weights "
+                        "(a warning says so)")
     g.add_argument("--params", default="params.yaml",
                    help="params file whose `sample` section sets the sampler (default params.yaml, the pipeline's)")
     g.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     g.add_argument("--prompts-file", default=None, help="text file, one prompt per line (# comments)")
-    g.add_argument("--n", type=int, default=4, help="images per prompt (seeds seed..seed+n-1)")
+    g.add_argument("--n", type=int, default=4,
+                   help=f"images per prompt (seeds seed..seed+n-1); at most {MAX_GENERATE_IMAGES} images in all")
     g.add_argument("--seed", type=int, default=None, help="first seed (default: sample.seed)")
     g.add_argument("--steps", type=int, default=None, help="DDIM steps (default: sample.steps)")
     g.add_argument("--guidance", type=float, default=None,
