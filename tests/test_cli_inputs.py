@@ -125,11 +125,11 @@ def test_warmup_steps_is_accepted_where_the_method_has_a_warmup(method: str) -> 
     from cdc.cli.concept import known_concept, read_templates
     from cdc.cli.erase import method_config
     from cdc.cli.main import build_parser
-    from cdc.stages.params import load_params
+    from cdc.cli.settings import load_command_params
 
     args = build_parser().parse_args(_erase_args("--method", method, "--steps", "2", "--warmup-steps", "1",
                                                  "--out", "o"))
-    params = load_params(REPO / "params_sd.yaml", families=None)
+    params = load_command_params(REPO / "params_sd.yaml")
     cfg = method_config(params, method, known_concept(read_templates(), "church"), args)
     assert (cfg.steps, cfg.warmup_steps) == (2, 1)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from cdc.cli.concept import (
 )
 from cdc.cli.main import main
 from cdc.io import load_json
-from cdc.stages.params import load_params, read_yaml
+from cdc.stages.params import METHODS, load_params, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # Two captions keep sampling and training at a few seconds per run.
@@ -175,16 +176,27 @@ def test_templates_are_checked() -> None:
                          "concepts": {"x": {"concept": "x", "anchor": "y", "kind": "style"}}})
 
 
-def test_params_sd_validates_and_keeps_the_world_sections() -> None:
-    sd = load_params(REPO / "params_sd.yaml", families=None)
+def test_params_sd_holds_exactly_what_the_commands_read(tmp_path) -> None:
+    from cdc.cli.settings import CommandParams, load_command_params
+    from cdc.errors import ParamsError
+
+    sd = load_command_params(REPO / "params_sd.yaml")
     assert sd.sample.steps == 50 and sd.sample.guidance == 7.5 and sd.erase.doco.steps == 2000
-    # Every paper concept has a shipped anchor, and the world-only sections are params.yaml's.
+    assert list(read_yaml(REPO / "params_sd.yaml")) == [f.name for f in dataclasses.fields(CommandParams)]
+    # every method the pipeline knows has its SD settings
+    assert {f.name for f in dataclasses.fields(type(sd.erase))} == set(METHODS)
+    # the pipeline's params.yaml gives the same sections, from its own values
+    world = load_command_params(REPO / "params.yaml")
+    assert world.erase.doco == load_params(REPO / "params.yaml").erase.doco
+    # a section the commands do not read is refused, naming it
+    extra = tmp_path / "sd.yaml"
+    extra.write_text((REPO / "params_sd.yaml").read_text() + "\nevaluate:\n  seed: 1\n")
+    with pytest.raises(ParamsError, match="unknown section 'evaluate'"):
+        load_command_params(extra)
+    # every paper concept has a shipped anchor
     shipped = read_templates(TEMPLATES_PATH)
-    assert all(known_concept(shipped, c) is not None for c in sd.erase.concepts)
-    world, ours = read_yaml(REPO / "params.yaml"), read_yaml(REPO / "params_sd.yaml")
-    for section in ("world", "judge", "pretrain", "base", "evaluate", "report"):
-        assert ours[section] == world[section], section
-    assert json.dumps(ours["anchors"]["phrases"]) == json.dumps(world["anchors"]["phrases"])
+    assert all(known_concept(shipped, c) is not None
+               for c in ["church", "garbage truck", "parachute", "tench", "van gogh", "nudity"])
 
 
 def test_erase_on_the_world_preset(tiny_world_bundle, smoke_params_path, templates_file, tmp_path,

@@ -177,11 +177,12 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from cdc.bundle import PRESETS, load_bundle
     from cdc.cli.common import check_free_space, check_out_dir
     from cdc.cli.concept import TEMPLATES_PATH, read_templates, retain_prompts
+    from cdc.cli.settings import load_command_params
     from cdc.erased import save_erased
     from cdc.io import atomic_path, save_image, save_json, save_text
     from cdc.lora_io import WEIGHT_NAME
     from cdc.stages.erase import run_method
-    from cdc.stages.params import METHODS, load_params
+    from cdc.stages.params import METHODS
 
     # Every cheap check first, so a typo never costs a model load or a sampling run.
     preset = _choice("--preset", args.preset, PRESETS)
@@ -197,7 +198,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     adversarial = method.startswith("advunlearn")
     retain = retain_prompts(templates, concept.concept, concept.anchor) if adversarial else []
     params_path = Path(args.params) if args.params else DEFAULT_PARAMS[preset]
-    params = load_params(params_path, families=None)  # --concept is checked on its own
+    params = load_command_params(params_path)
     cfg = method_config(params, method, concept, args)
     n = params.anchors.samples_per_prompt if args.samples_per_prompt is None else args.samples_per_prompt
     if n < 1:

@@ -49,7 +49,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
     from cdc.cli.common import check_erasure_files, check_out_dir
     from cdc.cli.judges import parse_judge
     from cdc.cli.prompt_csv import read_prompt_csv
-    from cdc.stages.params import load_params
+    from cdc.cli.settings import load_command_params
 
     preset = _choice("--preset", args.preset, PRESETS)
     dtype_name = _choice("--dtype", args.dtype, DTYPES)
@@ -64,7 +64,7 @@ def _setup(args: argparse.Namespace) -> tuple[Any, ...]:
         raise FileNotFoundError(f"--erased {args.erased} is not a folder (a LoRA or text encoder from `cdc erase`)")
     if args.erased is not None:
         check_erasure_files(args.erased, "--erased")  # a truncated weights file is named before any model loads
-    params = load_params(Path(args.params) if args.params else DEFAULT_PARAMS[preset], families=None)
+    params = load_command_params(Path(args.params) if args.params else DEFAULT_PARAMS[preset])
     cfg = params.sample if args.steps is None else dataclasses.replace(params.sample, steps=args.steps)
     judge = parse_judge(args.judge, args.world_dir)
     if args.quiet:

@@ -1,0 +1,81 @@
+"""What the `cdc` commands read from a params file: the sampler, how many anchor images to draw, each method's
+settings, the prefix attack and the confidence of the intervals.
+
+params_sd.yaml holds exactly these sections (an unknown or missing key is an error, as in params.yaml); the
+pipeline's params.yaml is validated whole and these keys are taken from it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cdc.attacks.config import PrefixAttackConfig
+from cdc.config import Checked, SampleParams, bounded
+from cdc.errors import ParamsError
+from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig
+from cdc.stages.params import METHODS, from_dict, load_params, read_yaml
+
+
+@dataclass(frozen=True)
+class AnchorSampling(Checked):
+    """How many base-model images `cdc erase` draws per anchor (and target) prompt, from which seed."""
+
+    samples_per_prompt: int = bounded(1)
+    seed: int = bounded(0)  # image j of a prompt has seed seed + j
+
+
+@dataclass(frozen=True)
+class MethodSettings(Checked):
+    """Each method's settings (`cdc erase --method <name>`), as params.yaml's erase.<name>."""
+
+    doco: DocoConfig
+    esd: EsdConfig
+    ca: CaConfig
+    advunlearn: AdvUnlearnConfig
+    advunlearn_fast: AdvUnlearnConfig
+
+
+@dataclass(frozen=True)
+class AttackSettings(Checked):
+    """`cdc attack`: the prefix attack (UnlearnDiffAtk)."""
+
+    prefix: PrefixAttackConfig
+
+
+@dataclass(frozen=True)
+class IntervalSettings(Checked):
+    """`cdc evaluate` and `cdc attack`: the level of the Wilson interval on every rate."""
+
+    confidence: float = bounded(0, 1, lo_open=True, hi_open=True)
+
+
+@dataclass(frozen=True)
+class CommandParams:
+    """All a command reads; each field is one section of the params file."""
+
+    sample: SampleParams
+    anchors: AnchorSampling
+    erase: MethodSettings
+    attack: AttackSettings
+    report: IntervalSettings
+
+
+def load_command_params(path: str | os.PathLike[str]) -> CommandParams:
+    """The commands' sections of a params file: params_sd.yaml as it is, or the pipeline's params.yaml (it has a
+    `world` section) validated whole first."""
+    data = read_yaml(path)
+    if isinstance(data, Mapping) and "world" in data:
+        full = load_params(path, families=None)  # the commands name their concept themselves
+        return CommandParams(
+            sample=full.sample,
+            anchors=AnchorSampling(samples_per_prompt=full.anchors.samples_per_prompt, seed=full.anchors.seed),
+            erase=MethodSettings(**{m: getattr(full.erase, m) for m in METHODS}),
+            attack=AttackSettings(prefix=full.attack.prefix),
+            report=IntervalSettings(confidence=full.report.confidence),
+        )
+    try:
+        return from_dict(CommandParams, data)
+    except ParamsError as exc:
+        raise ParamsError(f"{path}: {exc}") from None
