@@ -220,3 +220,28 @@ def test_the_prefix_attack_brings_back_a_weakly_erased_church(smoke_params):
     print(f"pre-attack {asr.pre_asr:.2f}, ASR {asr.asr:.2f}:", [r.get("adversarial_prompt") for r in records])
     assert asr.pre_asr <= 1 / 6  # the erasure holds without attack
     assert asr.asr >= asr.pre_asr + 2 / 6  # and the attack brings church back on at least two more prompts
+
+
+def test_prefix_walkthrough_shows_every_round(tiny_world_bundle, smoke_params, monkeypatch):
+    """The 08_attack lesson: every round runs (no early stop), each with its iterations' losses and sampled tokens,
+    the top relaxed tokens of each slot (weights on the simplex, largest first) and the round's argmax prompt."""
+    cfg = dataclasses.replace(PREFIX, iterations=3, timesteps=2)
+    seen = []
+
+    def judged(bundle, judge, world, family, prompts, seeds, sampler):
+        seen.extend(prompts)
+        return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.ones(len(prompts), bool))
+
+    monkeypatch.setattr(attack, "draw_judged", judged)
+    walk = attack.prefix_walkthrough(tiny_world_bundle, None, None, "church", "a church",
+                                     random_latents(tiny_world_bundle, 2, 0), 9, cfg, smoke_params.sample, top=4)
+    assert [w["round"] for w in walk] == [1, 2] and seen == [w["prompt"] for w in walk]  # judged, yet not stopped
+    for w in walk:
+        assert len(w["losses"]) == cfg.iterations and len(w["sampled"]) == cfg.iterations
+        assert all(len(tokens) == cfg.k for tokens in w["sampled"])
+        assert len(w["top"]) == cfg.k and all(len(slot) == 4 for slot in w["top"])
+        for slot in w["top"]:
+            weights = [v for _, v in slot]
+            assert weights == sorted(weights, reverse=True) and 0 <= sum(weights) <= 1 + 1e-6
+        assert w["prompt"].endswith("a church") and w["hit"]
+        assert w["prompt"].split()[: cfg.k] == [slot[0][0] for slot in w["top"]]  # the argmax tokens, typed
