@@ -244,6 +244,7 @@ def test_unet_mode_trains_a_lora(tiny_world_bundle, smoke_params):
     assert history[-1]["attack_loss_end"] is not None
 
 
+@pytest.mark.slow
 def test_attack_trace_falls_on_fixed_draws(erased, smoke_params):
     """The notebook's replay: the prefix learned step by step brings the erased encoder's prediction closer to
     the original's on the same fixed draws, and nothing of either model changes."""

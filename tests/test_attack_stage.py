@@ -182,6 +182,7 @@ def test_prefix_asr_in_one_batch_equals_one_attack_at_a_time(tiny_world_bundle, 
     assert [r["loss_last"] for r in records] == pytest.approx([a.losses[-1] for a in alone], rel=1e-5)  # round-off
 
 
+@pytest.mark.slow
 def test_the_prefix_attack_brings_back_a_weakly_erased_church(smoke_params):
     """On the committed world model: CA trained briefly (100 steps) stops the model drawing church on six church
     prompts, and the prefix attack makes it draw church again on at least two of them (judged by the world's

@@ -178,6 +178,7 @@ def test_prefix_attack_runs_on_sd(tiny_sd_bundle):
     assert not set(res.token_ids) & set(tiny_sd_bundle.text.tokenizer.all_special_ids)
 
 
+@pytest.mark.slow
 def test_attack_brings_back_an_erased_prompt(taught, candidates, smoke_params):
     """CA erases CHURCH towards HOUSE (LoRA); the attack recovers part of the loss gap on CHURCH's images."""
     bundle, x, y = taught

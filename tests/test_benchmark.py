@@ -198,6 +198,7 @@ def test_erase_sweep_summary_adopts_an_arm_only_when_it_meets_more_concepts(eras
         erase_sweep.summarise([r for r in rows if r["method"] != "base"], smoke_params.report)
 
 
+@pytest.mark.slow
 def test_erase_sweep_summary_runs_as_a_script_from_the_repository_root(tmp_path):
     path = tmp_path / "val.json"
     path.write_text(json.dumps(sweep_rows()))
@@ -209,6 +210,7 @@ def test_erase_sweep_summary_runs_as_a_script_from_the_repository_root(tmp_path)
     assert json.loads(out.read_text())["adopted"] == {"doco": "lam=2", "ca": ""}
 
 
+@pytest.mark.slow
 def test_sd_speed_times_every_method_on_a_tiny_sd_and_projects_a_concept(smoke_params_path, tmp_path, capsys):
     module = load_script("sd_speed")
     out_json = tmp_path / "out" / "sd.json"

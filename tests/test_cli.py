@@ -218,6 +218,7 @@ def test_generate_defaults_are_the_sample_section() -> None:
     assert (cfg.steps, cfg.eta, cfg.guidance) == (7, 0.0, load_section("sample", "params.yaml").guidance)
 
 
+@pytest.mark.slow
 def test_generate_without_sampler_flags_is_the_pipeline_sampler(
     world_dir: Path, smoke_params_path: Path, smoke_params, tmp_path: Path
 ) -> None:

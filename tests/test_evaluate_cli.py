@@ -142,6 +142,7 @@ def test_bad_input_is_one_line(church_csv, tmp_path, capsys):
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o3").exists()
 
 
+@pytest.mark.slow
 def test_sweep_queues_one_dvc_experiment_per_pair(tmp_path, capsys):
     """`cdc sweep` in a clone of the repository: the queue holds one experiment per (concept, method)."""
     import os

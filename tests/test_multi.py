@@ -67,6 +67,7 @@ def test_concept_pairs_put_every_phrase_in_every_style_onto_its_anchor(big_world
     assert len(church) == len(phrases) and "a cathedral, twemoji style" in church
 
 
+@pytest.mark.slow
 def test_pair_samples_and_first_pairs_keep_images_with_their_pairs(tiny_world_bundle, big_world, smoke_params,
                                                                   one_thread):
     pairs, _ = concept_pairs(big_world, erase_order(big_world, FAMILIES, 2, [], seed=0))

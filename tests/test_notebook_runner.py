@@ -128,6 +128,7 @@ def test_executed_copy_carries_no_virtualenv_path(tmp_path):
     assert "site-packages" not in text and "IProgress" not in text and "3/3" in text
 
 
+@pytest.mark.slow
 @pytest.mark.notebooks
 def test_runner_and_kernel_stop_when_their_parent_is_gone(tmp_path):
     """DVC exits on SIGTERM without stopping its stage: the runner notices, and neither it nor its kernel goes on

@@ -123,6 +123,7 @@ def test_smoke_runs_follow_dvc_yaml(tmp_path, smoke_params_path):
     assert paper["generated_dir"] == str(tmp_path / "paper/generated")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_stage_notebook_runs(stage, smoke_dir, smoke_params_path):
     for notebook, executed, values in smoke_runs(stage, read_yaml(smoke_params_path), smoke_params_path,

@@ -58,6 +58,7 @@ def test_pretraining_loss_falls_and_is_seeded(smoke_params):
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
+@pytest.mark.slow
 def test_bf16_pretraining_keeps_float32_weights_and_stays_near_fp32(smoke_params):
     # Mixed precision: the forward runs in bf16, the weights, optimiser and EMA stay float32.
     fp32, h32 = tiny_training(smoke_params, 40)

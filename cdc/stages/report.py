@@ -529,17 +529,18 @@ def python_lines(root: Path, part: str) -> int:
 
 
 def layout_markdown(root: str | Path = ".") -> str:
-    """The README's map of the repository, with each part of cdc/ and its line count."""
+    """The README's map of the repository, with each part of cdc/ and its line count to the hundred (an edit does
+    not make the README stale; a new module may)."""
     root = Path(root)
     rows = []
     for path, what in LAYOUT:
-        lines = f"{python_lines(root, path):,}" if path.startswith("cdc/") else ""
+        lines = f"~{round(python_lines(root, path), -2):,}" if path.startswith("cdc/") else ""
         rows.append((f"`{path}`", what, lines))
     library = sum(python_lines(root, p) for p in LIBRARY)
     table = pd.DataFrame(rows, columns=["", "what", "lines"])
     return (table.to_markdown(index=False, disable_numparse=True, colalign=["left", "left", "right"]) +
-            f"\n\nThe library a reader studies (core, methods, attacks) is {library:,} lines; the stages and the "
-            "command line call it, and it calls neither.\n")
+            f"\n\nThe library a reader studies (core, methods, attacks) is about {round(library, -2):,} lines; the "
+            "stages and the command line call it, and it calls neither.\n")
 
 
 def _generated(*names: str) -> dict[str, str]:
