@@ -154,6 +154,7 @@ def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle,
     assert images["post"].hits.all() and images["pre"].hits.tolist() == [True, False, False]
 
 
+@pytest.mark.slow
 def test_prefix_asr_in_one_batch_equals_one_attack_at_a_time(tiny_world_bundle, smoke_params, monkeypatch):
     """The stage attacks every prompt in one batch, with one batched detector check per round; each prompt gets
     the tokens, rounds and verdict that attacking it alone with the released stop rule gives, and its losses up to

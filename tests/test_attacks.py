@@ -140,6 +140,7 @@ def test_simplex_projection_matches_the_released_bisection():
     assert torch.allclose(project_simplex(p), p)  # points of the simplex stay put
 
 
+@pytest.mark.slow
 def test_prefix_attack_lowers_its_loss(taught, candidates):
     """HOUSE attacked towards CHURCH's images: the optimised prefix beats its own random start and 8 random
     prefixes under the same fixed draws (a prefix that only moves the context would not)."""

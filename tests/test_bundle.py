@@ -107,6 +107,7 @@ def test_minilm_context(tiny_world_bundle) -> None:
     assert not any(p.requires_grad for p in text.model.parameters())
 
 
+@pytest.mark.slow
 def test_load_lora(tiny_world_bundle, save_random_lora: Callable, tmp_path: Path) -> None:
     base = tiny_world_bundle.unet
     adapted = save_random_lora(base, tmp_path / "lora")

@@ -115,6 +115,7 @@ def test_generate_bad_input(world_dir: Path, tmp_path: Path, capsys: pytest.Capt
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
 
 
+@pytest.mark.slow
 def test_generate_with_lora(tiny_world_bundle, save_random_lora, world_dir: Path, tmp_path: Path) -> None:
     save_random_lora(tiny_world_bundle.unet, tmp_path / "lora")
     base, lora = tmp_path / "base", tmp_path / "with-lora"
@@ -281,6 +282,7 @@ def _cdc_lora(bundle, folder: Path, nan: bool = False) -> None:
     save_lora(unet, folder, {"method": "test"})
 
 
+@pytest.mark.slow
 def test_generate_refuses_a_lora_for_other_base_weights(
     tiny_world_bundle, world_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -227,6 +227,7 @@ def test_closure_helpers():
     assert covers("cdc/world", "cdc/world/captions.py") and not covers("cdc/world", "cdc/worlds.py")
 
 
+@pytest.mark.slow
 def test_stage_deps_cover_notebook_imports():
     failures = []
     for name, body in stage_bodies().items():
@@ -236,6 +237,7 @@ def test_stage_deps_cover_notebook_imports():
     assert not failures, "cdc modules imported by a stage's notebook but not in its deps:\n" + "\n".join(failures)
 
 
+@pytest.mark.slow
 def test_stage_deps_have_no_unused_cdc_modules():
     failures = []
     for name, body in stage_bodies().items():
@@ -317,6 +319,7 @@ def stage_instances() -> list[str]:
     return names
 
 
+@pytest.mark.slow
 def test_lock_uses_one_world_model():
     lock = read_yaml(REPO / "dvc.lock")["stages"]
     problems = [f"{name}: in dvc.yaml but not in dvc.lock (never run)" for name in stage_instances()
@@ -388,6 +391,7 @@ def rerun_after_touching(path: str) -> set[str]:
     return changed
 
 
+@pytest.mark.slow
 def test_a_method_change_reruns_only_that_method_and_its_readers():
     """Touching DoCo's module re-runs DoCo's erasures and the stages that read erase outputs (evaluate, attack,
     report, paper), not the other methods' erasures; touching the shared core re-runs every erasure."""

@@ -108,6 +108,7 @@ def test_evaluate_on_the_world_records_rate_and_judge(church_csv, tmp_path):
     assert sorted(p.name for p in (out / "images").iterdir()) == ["0000.png", "0001.png", "0002.png"]
 
 
+@pytest.mark.slow
 def test_attack_on_the_world_writes_asr(church_csv, tmp_path, smoke_params_path):
     out = tmp_path / "attack"
     assert main(["attack", *world_args(out, church_csv, "--params", str(smoke_params_path), "--k", "2")]) == 0

@@ -82,6 +82,7 @@ def test_placeholder_splice_matches_tokenizer_and_encoder(tiny_world_bundle, tem
     torch.testing.assert_close(ctx, text.encode([fill(template, CHURCH)]), rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_loss_falls_below_init_word_and_concept_word(inverted) -> None:
     bundle, x, result, _ = inverted
     draws = _draws(tuple(x.shape))
@@ -94,6 +95,7 @@ def test_loss_falls_below_init_word_and_concept_word(inverted) -> None:
     assert torch.equal(result.init_embedding, token_table(bundle.text)[init_id(bundle.text, HOUSE)])
 
 
+@pytest.mark.slow
 def test_only_the_new_embedding_changes(inverted) -> None:
     bundle, _, result, before = inverted
     assert _same_state(bundle.unet, before["unet"]) and _same_state(bundle.text.model, before["text"])
@@ -101,6 +103,7 @@ def test_only_the_new_embedding_changes(inverted) -> None:
     assert not torch.equal(result.embedding, result.init_embedding)
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed(taught) -> None:
     bundle, x = taught
     cfg = dataclasses.replace(CFG, steps=3)
@@ -113,6 +116,7 @@ def test_deterministic_for_a_seed(taught) -> None:
     assert torch.equal(r1.init_embedding, r2.init_embedding) and torch.equal(r1.embedding, r2.embedding)
 
 
+@pytest.mark.slow
 def test_generation_with_the_learned_token(inverted, smoke_params) -> None:
     bundle, _, result, _ = inverted
     cfg = dataclasses.replace(smoke_params.sample, steps=2, precision="fp32", batch_size=2)

@@ -89,6 +89,7 @@ def test_judgenet_shapes() -> None:
     assert net.features(x).shape == (3, net.feature_dim) == (3, 32)
 
 
+@pytest.mark.slow
 def test_training_learns_and_is_deterministic(trained, smoke_params) -> None:  # noqa: ANN001
     judge, history, data = trained
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
@@ -110,6 +111,7 @@ def test_train_bad_labels(smoke_params) -> None:  # noqa: ANN001
         dataclasses.replace(smoke_params.judge, steps=0)
 
 
+@pytest.mark.slow
 def test_save_load_round_trip(trained, tmp_path: Path) -> None:  # noqa: ANN001
     judge, _, (images, _, _) = trained
     keys = [f"c{i}" for i in range(judge.n_concepts)]
@@ -128,6 +130,7 @@ def test_load_judge_missing(tmp_path: Path) -> None:
         load_judge(tmp_path / "nowhere")
 
 
+@pytest.mark.slow
 def test_predict_outputs_and_resize(trained) -> None:  # noqa: ANN001
     judge, _, (images, concepts, styles) = trained
     out = predict(judge, images)

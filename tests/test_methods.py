@@ -93,6 +93,7 @@ class ToyText:
         return torch.stack([v if "church" in p else -v for p in prompts])  # (B, 4, 384)
 
 
+@pytest.mark.slow
 def test_doco_discriminator_learns_then_generator_fools_it(tiny_world_bundle, smoke_params):
     bundle = dataclasses.replace(fresh(tiny_world_bundle), text=ToyText())
     cfg = dataclasses.replace(

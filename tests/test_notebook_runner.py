@@ -58,6 +58,7 @@ def test_folder_as_output_is_refused_before_running(tmp_path, monkeypatch):
     assert sorted(p.name for p in folder.iterdir()) == ["01_world.ipynb"]
 
 
+@pytest.mark.slow
 def test_main_refuses_a_folder_in_one_line(tmp_path):
     folder = executed_folder(tmp_path)
     cmd = [sys.executable, "-m", "cdc.stages.notebook", str(write_notebook(tmp_path)), str(folder)]
@@ -105,6 +106,7 @@ def test_main_reports_a_failing_cell(tmp_path, monkeypatch, raised, one_line):
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_runner_and_params_import_no_torch():
     """Every DVC stage starts `python -m cdc.stages.notebook`: reading params.yaml must not load torch or diffusers
     (seconds per stage), which the notebook's own kernel loads anyway."""

@@ -61,6 +61,7 @@ def test_one_parameters_cell_of_literals(path):
         ast.literal_eval(stmt.value)
 
 
+@pytest.mark.slow
 def test_nbstripout_verify_passes():
     cmd = [sys.executable, "-m", "nbstripout", "--verify", *map(str, NOTEBOOKS)]
     result = subprocess.run(cmd, capture_output=True, text=True)

@@ -207,6 +207,7 @@ def test_cli_values_are_yaml_1_2(text, value):
     assert parse_value(text) == value and type(parse_value(text)) is type(value)
 
 
+@pytest.mark.slow
 def test_cli_rejects_unknown_parameter(tmp_path):
     import subprocess
 

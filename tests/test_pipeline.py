@@ -50,6 +50,7 @@ def test_caption_pool_covers_every_render(world):
     assert pool.prompts[0].endswith(world.styles[world.style[0]] + " style")  # canonical caption first
 
 
+@pytest.mark.slow
 def test_pretraining_loss_falls_and_is_seeded(smoke_params):
     _, history = tiny_training(smoke_params, 40)
     assert history[-1]["loss"] < history[0]["loss"]

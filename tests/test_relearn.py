@@ -49,6 +49,7 @@ def _error(model, latents, ctx) -> float:
         return float(mse(unet_pred(model.unet, x_t, t, ctx), target_for(model.scheduler, latents, noise, t)))
 
 
+@pytest.mark.slow
 def test_relearn_learns_the_concept_back_and_leaves_the_erased_model(tiny_world_bundle, smoke_params, one_thread):
     """The rows come at the checkpoints, step 0 is the erased model itself, the denoising error on the concept
     falls, and the erased model's weights are untouched; the same seed gives the same curve."""

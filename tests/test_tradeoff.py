@@ -58,6 +58,7 @@ def test_a_snapshot_is_the_shorter_run(tiny_world_bundle, world, smoke_params, m
         snaps.restore(3)
 
 
+@pytest.mark.slow
 def test_an_advunlearn_snapshot_is_the_shorter_run(tiny_world_bundle, world, smoke_params, one_thread):
     """The same for AdvUnlearn, whose trained tensors are a copy of the text encoder (the bundle's own is kept):
     restored to step 2, the long run's encoder encodes as the 2-step run's does."""
@@ -98,6 +99,7 @@ def test_matched_point_is_the_best_retention_among_points_that_erase():
     assert matched_point(tie, 0.05, 0.15) == 0  # the shorter run on a tie
 
 
+@pytest.mark.slow
 def test_tradeoff_scores_each_snapshot_and_leaves_the_bundle_as_it_was(tiny_world_bundle, world, smoke_params,
                                                                        one_thread):
     """Each point is scored on the model at its own length (here the scorer reads the LoRA's norm, which grows
