@@ -51,7 +51,7 @@ from cdc.codec import SpaceToDepthCodec
 from cdc.io import save_json
 from cdc.lora import GROUPS, add_lora, base_model, lora_parameters, remove_lora, tuner_layers
 from cdc.losses import mse, noisy_latents, target_for, unet_pred
-from cdc.methods.config import DocoConfig
+from cdc.methods.doco import DocoConfig
 from cdc.methods.doco import train_doco
 from cdc.methods.surgery import MODES, clip_grads
 from cdc.methods.train import apply_step, grads_of, make_generator, make_optimizer, paired_data

@@ -28,7 +28,8 @@ from pathlib import Path
 from cdc.stages.ablate import run_arm, scorer
 from cdc.stages.attack import plan_attacks
 from cdc.stages.erase import retain_set
-from cdc.stages.params import METHODS, EraseParams, ReportParams, load_params, load_section, with_overrides
+from cdc.methods import known_methods
+from cdc.stages.params import EraseParams, ReportParams, load_params, load_section, with_overrides
 from cdc.stages.workspace import family_inputs_or_exit
 from cdc.system import hardware
 from cdc.targets import misses
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     """Run the sweep and return its rows, or with --summary return the summary."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--concept", default="church")
-    parser.add_argument("--method", action="append", choices=METHODS, help="repeatable; default: doco")
+    parser.add_argument("--method", action="append", choices=known_methods(), help="repeatable; default: doco")
     parser.add_argument("--arm", action="append", help='overrides, e.g. "steps=300 doco.surgery=pcgrad"')
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--data", default="data", help="folder with world/, models/, anchors/")

@@ -46,7 +46,7 @@ from cdc.io import save_json
 from cdc.lora import remove_lora
 from cdc.methods.advunlearn import train_advunlearn
 from cdc.methods.ca import train_ca
-from cdc.methods.config import AdvUnlearnConfig
+from cdc.methods.advunlearn import AdvUnlearnConfig
 from cdc.methods.doco import train_doco
 from cdc.methods.esd import train_esd
 from cdc.sampler import sample

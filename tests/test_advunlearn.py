@@ -17,6 +17,7 @@ from cdc.losses import mse, noisy_latents, unet_pred
 from cdc.methods import advunlearn
 from cdc.methods.advunlearn import (
     HISTORY_KEYS,
+    AdvUnlearnConfig,
     Models,
     attack_loss,
     attack_trace,
@@ -24,7 +25,6 @@ from cdc.methods.advunlearn import (
     soft_prompt_attack,
     train_advunlearn,
 )
-from cdc.methods.config import AdvUnlearnConfig
 from cdc.methods.train import make_generator
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -18,7 +18,7 @@ from cdc.lora import tuner_layers
 from cdc.methods.advunlearn import train_advunlearn
 from cdc.methods.ca import train_ca
 from cdc.stages import attack
-from cdc.stages.attack import Judged, attacked_prompts, concept_init, prefix_asr
+from cdc.stages.attack import AttackPlan, Judged, attacked_prompts, concept_init, fresh_items, prefix_asr
 from cdc.stages.erase import retain_set, run_method
 from cdc.world.data import World
 
@@ -114,6 +114,16 @@ PREFIX = PrefixAttackConfig(k=2, iterations=2, timesteps=2, t_schedule="grid", l
                             rand_init=False, vocabulary="roundtrip", seed=0)
 
 
+def plan_for(prompts: list[str], latents: list[torch.Tensor], seeds: list[int], base: Judged,
+             base_fresh: Judged) -> AttackPlan:
+    """An attack plan holding what the prefix attack reads: prompts, their latents and own seeds, the base model's
+    verdicts on them and on one fresh seed each (seed + 1000)."""
+    empty = Judged(np.zeros((0, 2, 2, 3), np.uint8), np.zeros(0, bool))
+    return AttackPlan(family="church", prompts=prompts, seeds=seeds, latents=latents, all_latents=torch.cat(latents),
+                      base=base, fresh_seeds=[s + 1000 for s in seeds], base_fresh=base_fresh, ringabell=prompts,
+                      starts=["random"], word="church", templates=["a {}"], inversion_seeds=[0], inversion_base=empty)
+
+
 def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle, smoke_params, monkeypatch):
     """A stub judge that sees the family in prompt 0, and in any prompt the attack has rewritten."""
     calls = []
@@ -143,8 +153,11 @@ def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle,
     monkeypatch.setattr(attack, "PrefixAttack", AttackSpy)
     prompts = ["prompt 0", "prompt 1", "prompt 2"]
     latents = [random_latents(tiny_world_bundle, 1, i) for i in range(3)]
-    asr, records, images = prefix_asr(tiny_world_bundle, None, None, "church", prompts, latents, [5, 6, 7],
-                                      np.array([True, True, False]), PREFIX, smoke_params.sample, progress=False)
+    base = Judged(np.zeros((3, 2, 2, 3), np.uint8), np.array([True, True, False]))
+    plan = plan_for(prompts, latents, [5, 6, 7], base, base)
+    pre_fresh = judged(None, None, None, "church", *fresh_items(prompts, plan.fresh_seeds), None)
+    asr, records, images = prefix_asr(tiny_world_bundle, None, None, plan, PREFIX, smoke_params.sample, pre_fresh,
+                                      progress=False)
     assert calls == ["prompt 1", "prompt 2"]  # prompt 0 was already drawn: no attack
     assert (asr.n, asr.n_pre, asr.n_post_only, asr.n_base) == (3, 1, 2, 2)
     assert asr.asr == 1.0 and asr.pre_asr == pytest.approx(1 / 3)
@@ -172,8 +185,11 @@ def test_prefix_asr_in_one_batch_equals_one_attack_at_a_time(tiny_world_bundle, 
     cfg = dataclasses.replace(PREFIX, iterations=2, timesteps=4)
     prompts = [f"prompt {i} church" for i in range(5)]
     latents = [random_latents(tiny_world_bundle, 1 + i % 3, i) for i in range(5)]
-    _, records, _ = prefix_asr(tiny_world_bundle, None, None, "church", prompts, latents, list(range(5)),
-                               np.ones(5, bool), cfg, smoke_params.sample, progress=False)
+    base = Judged(np.zeros((5, 2, 2, 3), np.uint8), np.ones(5, bool))
+    plan = plan_for(prompts, latents, list(range(5)), base, base)
+    pre_fresh = judged(None, None, None, "church", *fresh_items(prompts, plan.fresh_seeds), None)
+    _, records, _ = prefix_asr(tiny_world_bundle, None, None, plan, cfg, smoke_params.sample, pre_fresh,
+                               progress=False)
     candidates = candidate_ids(tiny_world_bundle.text, cfg.vocabulary)
     alone = [prefix_attack(tiny_world_bundle, p, x, cfg, candidates=candidates, stop=drawn)
              for p, x in zip(prompts, latents)]
@@ -187,7 +203,7 @@ def test_prefix_asr_in_one_batch_equals_one_attack_at_a_time(tiny_world_bundle, 
 def test_the_prefix_attack_brings_back_a_weakly_erased_church(smoke_params):
     """On the committed world model: CA trained briefly (100 steps) stops the model drawing church on six church
     prompts, and the prefix attack makes it draw church again on at least two of them (judged by the world's
-    judge, one seeded image per prompt, as the attack stage counts)."""
+    judge, one fresh seeded image per prompt, as the attack stage counts)."""
     from cdc.bundle import load_bundle
     from cdc.codec import encode_images
     from cdc.judge import load_judge
@@ -217,8 +233,11 @@ def test_the_prefix_attack_brings_back_a_weakly_erased_church(smoke_params):
     strong = PrefixAttackConfig(k=3, iterations=10, timesteps=3, t_schedule="grid", lr=0.01, weight_decay=0.1,
                                 rand_init=False, vocabulary="roundtrip", seed=0)
     per_prompt = [x_target[[i, i + len(targets)]] for i in range(len(targets))]
-    asr, records, _ = prefix_asr(erased, judge, world, "church", targets, per_prompt, seeds, base.hits, strong,
-                                 sampler, progress=False)
+    new_seeds = [s + 1000 for s in seeds]
+    base_fresh = attack.draw_judged(bundle, judge, world, "church", targets, new_seeds, sampler)
+    plan = plan_for(targets, per_prompt, seeds, base, base_fresh)
+    pre_fresh = attack.draw_judged(erased, judge, world, "church", targets, new_seeds, sampler)
+    asr, records, _ = prefix_asr(erased, judge, world, plan, strong, sampler, pre_fresh, progress=False)
     print(f"pre-attack {asr.pre_asr:.2f}, ASR {asr.asr:.2f}:", [r.get("adversarial_prompt") for r in records])
     assert asr.pre_asr <= 1 / 6  # the erasure holds without attack
     assert asr.asr >= asr.pre_asr + 2 / 6  # and the attack brings church back on at least two more prompts

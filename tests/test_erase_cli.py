@@ -19,7 +19,8 @@ from cdc.cli.concept import (
 )
 from cdc.cli.main import main
 from cdc.io import load_json
-from cdc.stages.params import METHODS, load_params, read_yaml
+from cdc.methods import known_methods
+from cdc.stages.params import load_params, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 # Two captions keep sampling and training at a few seconds per run.
@@ -64,7 +65,7 @@ def test_advunlearn_writes_a_text_encoder_clip_loads(tiny_sd_folder, smoke_param
     assert config["method"] == "advunlearn" and config["params"]["module"] == "text_encoder"
     assert config["params"]["warmup_steps"] == 1  # --warmup-steps is AdvUnlearn's knob too
     pairs = load_json(out / "pairs.json")
-    assert pairs["sampled"] == "target"
+    assert pairs["sampled"] == ["target"]
     assert pairs["retain_prompts"] == ["a photo of a dog", "a photo of a cat"]  # the anchor's prompt is left out
     base = CLIPTextModel.from_pretrained(str(tiny_sd_folder), subfolder="text_encoder", local_files_only=True)
     trained = CLIPTextModel.from_pretrained(str(out), local_files_only=True)  # plain transformers, no cdc
@@ -91,7 +92,7 @@ def test_erase_writes_a_lora_plain_diffusers_loads(method, tiny_sd_folder, smoke
     pairs = load_json(out / "pairs.json")
     assert pairs["target_prompts"] == ["a photo of a church", "a church in a field"]
     assert pairs["anchor_prompts"] == ["a photo of a house", "a house in a field"]
-    assert pairs["sampled"] == ("target" if method == "esd" else "anchor")
+    assert pairs["sampled"] == (["target"] if method == "esd" else ["anchor"])
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 steps
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder), local_files_only=True)
@@ -184,7 +185,7 @@ def test_params_sd_holds_exactly_what_the_commands_read(tmp_path) -> None:
     assert sd.sample.steps == 50 and sd.sample.guidance == 7.5 and sd.erase.doco.steps == 2000
     assert list(read_yaml(REPO / "params_sd.yaml")) == [f.name for f in dataclasses.fields(CommandParams)]
     # every method the pipeline knows has its SD settings
-    assert {f.name for f in dataclasses.fields(type(sd.erase))} == set(METHODS)
+    assert set(sd.erase.configs) == set(known_methods())
     # the pipeline's params.yaml gives the same sections, from its own values
     world = load_command_params(REPO / "params.yaml")
     assert world.erase.doco == load_params(REPO / "params.yaml").erase.doco

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 CHURCH, HOUSE = "church", "house"
 TEMPLATES = ("a {}", "an emoji of {}")
-CFG = InversionConfig(steps=30, lr=0.02, weight_decay=0.01, batch_size=2, init_token=HOUSE, templates=TEMPLATES,
+CFG = InversionConfig(steps=30, lr=0.02, weight_decay=0.01, batch_size=2, starts=[HOUSE], templates=TEMPLATES,
                       seed=0)
 
 
@@ -66,7 +66,7 @@ def inverted(taught):
     before = {"unet": _state(bundle.unet), "text": _state(bundle.text.model), "vocab": len(bundle.text.tokenizer)}
     n_threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    result = invert_concept(bundle, x, CFG)
+    result = invert_concept(bundle, x, CFG, HOUSE)
     torch.set_num_threads(n_threads)
     return bundle, x, result, before
 
@@ -107,12 +107,12 @@ def test_only_the_new_embedding_changes(inverted) -> None:
 def test_deterministic_for_a_seed(taught) -> None:
     bundle, x = taught
     cfg = dataclasses.replace(CFG, steps=3)
-    a, b = invert_concept(bundle, x, cfg), invert_concept(bundle, x, cfg)
+    a, b = invert_concept(bundle, x, cfg, HOUSE), invert_concept(bundle, x, cfg, HOUSE)
     assert torch.equal(a.embedding, b.embedding) and a.losses == b.losses
-    c = invert_concept(bundle, x, dataclasses.replace(cfg, seed=1))
+    c = invert_concept(bundle, x, dataclasses.replace(cfg, seed=1), HOUSE)
     assert not torch.equal(a.embedding, c.embedding)
-    r1 = invert_concept(bundle, x, dataclasses.replace(cfg, init_token="random"))
-    r2 = invert_concept(bundle, x, dataclasses.replace(cfg, init_token="random"))
+    r1 = invert_concept(bundle, x, cfg, "random")
+    r2 = invert_concept(bundle, x, cfg, "random")
     assert torch.equal(r1.init_embedding, r2.init_embedding) and torch.equal(r1.embedding, r2.embedding)
 
 
@@ -142,10 +142,14 @@ def test_config_and_input_checks(taught) -> None:
         dataclasses.replace(CFG, templates=())
     with pytest.raises(ValueError, match=">= 1"):
         dataclasses.replace(CFG, steps=0)
+    with pytest.raises(ValueError, match="starts must be"):
+        dataclasses.replace(CFG, starts=[])
+    with pytest.raises(ValueError, match="repeat"):
+        dataclasses.replace(CFG, starts=[HOUSE, "random", HOUSE])
     with pytest.raises(ValueError, match="tokens"):
-        invert_concept(bundle, x, dataclasses.replace(CFG, init_token="a red church"))
+        invert_concept(bundle, x, CFG, "a red church")
     with pytest.raises(ValueError, match="N, C, h, w"):
-        invert_concept(bundle, x[0], CFG)
+        invert_concept(bundle, x[0], CFG, HOUSE)
 
 
 def test_sd_bundle_with_lora_unet(tiny_sd_bundle, save_random_lora, smoke_params, tmp_path) -> None:
@@ -156,9 +160,9 @@ def test_sd_bundle_with_lora_unet(tiny_sd_bundle, save_random_lora, smoke_params
     assert torch.equal(tokens.input_ids, text.tokenize(["a photo of x"]).input_ids)
     x = random_latents(bundle, n=2, seed=3)
     before = {"unet": _state(lora), "text": _state(text.model)}
-    cfg = InversionConfig(steps=2, lr=0.08, weight_decay=0.01, batch_size=2, init_token="x",
+    cfg = InversionConfig(steps=2, lr=0.08, weight_decay=0.01, batch_size=2, starts=["x"],
                           templates=("a photo of {}", "{}"), seed=0)
-    result = invert_concept(bundle, x, cfg, unet=lora)
+    result = invert_concept(bundle, x, cfg, "x", unet=lora)
     assert _same_state(lora, before["unet"]) and _same_state(text.model, before["text"])
     assert len(result.losses) == 2 and result.embedding.shape == (token_table(text).shape[1],)
     assert not torch.equal(result.embedding, result.init_embedding)

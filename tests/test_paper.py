@@ -88,7 +88,7 @@ def test_missing_inputs_are_all_named_with_the_command_that_makes_them(tmp_path)
                  "relearn_table.csv", "multi_curves.csv", "asr_retention.png", "ablate.png", "tradeoff.png",
                  "relearn.png", "multi.png", "frozen.yaml"):
         assert name in message
-    assert "erase_grid_fish.png  (made by `dvc repro evaluate@fish`)" in message
+    assert "erase_grid_fish.png  (made by `dvc repro report`)" in message
     assert "world.json" not in message and "`dvc repro report`" in message
 
 
@@ -113,10 +113,11 @@ def test_bad_input_is_a_clear_error_and_leaves_no_pdf(generated):
     assert not generated["pdf"].exists() and not list(generated["pdf"].parent.glob("*"))
 
 
-def test_paper_stage_depends_on_exactly_the_grids_it_shows():
-    """dvc.yaml cannot loop over params in one stage's deps, so the grids are listed by hand: they must be
-    params.yaml's paper.grids."""
-    stage = read_yaml(REPO / "dvc.yaml")["stages"]["paper"]
-    deps = {d for d in stage["deps"] if isinstance(d, str) and "erase_grid_" in d}
+def test_report_and_paper_stages_name_exactly_the_grids_it_shows():
+    """dvc.yaml cannot loop over params in one stage's outs or deps, so the grids are listed by hand: the report
+    writes, and the paper reads, params.yaml's paper.grids."""
+    stages = read_yaml(REPO / "dvc.yaml")["stages"]
+    deps = {d for d in stages["paper"]["deps"] if isinstance(d, str) and "erase_grid_" in d}
+    outs = {next(iter(o)) for o in stages["report"]["outs"] if "erase_grid_" in next(iter(o))}
     want = {f"paper/generated/erase_grid_{f}.png" for f in read_yaml(REPO / "params.yaml")["paper"]["grids"]}
-    assert deps == want
+    assert deps == want and outs == want

@@ -212,12 +212,13 @@ def test_report_table(tmp_path):
     rows = [{"concept": "church", "method": m, "in_set": v, "out_of_set": v, "retain_all": a, "retain_neighbors": r,
              "world_fid": 3.0, **counts}
             for m, v, a, r in [("base", 0.9, 1.0, 1.0), ("doco", 0.0, 0.9375, 0.4), ("esd", 0.0, 1.0, 0.95)]]
-    save_json(rows, tmp_path / "eval" / "church.json")
-    save_json({"seconds": 12.0, "peak_mem_mb": 900}, tmp_path / "erase" / "church" / "doco.json")
-    asr = {f"{a}{s}": v for a in ("asr_prefix", "asr_inversion")
+    asr = {f"{a}{s}": v for a in ("asr_prefix", "asr_inversion", "asr_ringabell", "asr_context")
            for s, v in (("", 0.5), ("_lo", 0.2), ("_hi", 0.8), ("_n", 10), ("_nothing", False))}
-    save_json([{"concept": "church", "method": m, **asr, "pre_asr": 0.1, "pre_asr_lo": 0.0, "pre_asr_hi": 0.4}
-               for m in ("base", "doco", "esd")], tmp_path / "attack" / "church.json")
+    for row in rows:  # one file per row, as the evaluate and attack stages write them
+        save_json(row, tmp_path / "eval" / "church" / f"{row['method']}.json")
+        save_json({"concept": "church", "method": row["method"], **asr, "pre_asr": 0.1, "pre_asr_lo": 0.0,
+                   "pre_asr_hi": 0.4}, tmp_path / "attack" / "church" / f"{row['method']}.json")
+    save_json({"seconds": 12.0, "peak_mem_mb": 900}, tmp_path / "erase" / "church" / "doco.json")
     attacks = tmp_path / "attack"
     table = erase_table(["church"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS, attacks)
     table = table.set_index("method")
@@ -230,11 +231,12 @@ def test_report_table(tmp_path):
     assert table.loc["esd", "missed"] == "" and table.loc["base", "missed"] == ""
     met = targets_met(table.reset_index())
     assert met.loc["esd", "met"] == "1/1" and met.loc["doco", "meets"] == "" and met.loc["doco", "met"] == "0/1"
-    with pytest.raises(ValueError, match="missing rows"):
+    with pytest.raises(FileNotFoundError, match="dvc repro evaluate@church-ca"):
         erase_table(["church"], ["doco", "ca"], tmp_path / "eval", tmp_path / "erase", TARGETS, attacks)
-    with pytest.raises(FileNotFoundError, match="dvc repro evaluate"):
+    with pytest.raises(FileNotFoundError, match="dvc repro evaluate_base@fish"):
         erase_table(["fish"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS, attacks)
-    save_json([{k: v for k, v in r.items() if k != "in_set_n"} for r in rows], tmp_path / "old" / "church.json")
+    for r in rows:
+        save_json({k: v for k, v in r.items() if k != "in_set_n"}, tmp_path / "old" / "church" / f"{r['method']}.json")
     with pytest.raises(ValueError, match="image counts"):
         erase_table(["church"], ["doco"], tmp_path / "old", tmp_path / "erase", TARGETS, attacks)
 

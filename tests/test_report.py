@@ -3,6 +3,7 @@
 import dataclasses
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -47,10 +48,11 @@ def table(tmp_path) -> pd.DataFrame:
                  "retain_neighbors": r, "world_fid": f, **COUNTS}
                 for m, i, o, a, r, f in [("base", 0.9, 0.75, 1.0, 1.0, 3.2), ("doco", 0.0, 0.0, 0.9375, 0.4, 6.8),
                                          ("esd", 0.0, 0.0625, 1.0, 0.95, 30.0)]]
-        save_json(rows, tmp_path / "eval" / f"{concept}.json")
+        for row in rows:  # one file per row, as the evaluate and attack stages write them
+            save_json(row, tmp_path / "eval" / concept / f"{row['method']}.json")
+            save_json(attack_row(concept, row["method"]), tmp_path / "attack" / concept / f"{row['method']}.json")
         save_json({"seconds": 82.8, "peak_mem_mb": 749, "hardware": "Some CPU, 2 cores, torch 2 threads"},
                   tmp_path / "erase" / concept / "doco.json")
-        save_json([attack_row(concept, m) for m in ("base", "doco", "esd")], tmp_path / "attack" / f"{concept}.json")
     return erase_table(["church", "fish"], ["doco", "esd"], tmp_path / "eval", tmp_path / "erase", TARGETS,
                        tmp_path / "attack")
 
@@ -62,7 +64,7 @@ def attack_row(concept: str, method: str) -> dict:
     rate = {"base": 1.0, "doco": 0.7, "esd": 0.1}[method]
     out = {"concept": concept, "method": method, "pre_asr": None if nothing else 0.0,
            "pre_asr_lo": None if nothing else 0.0, "pre_asr_hi": None if nothing else 0.28}
-    for key in ("asr_prefix", "asr_inversion"):
+    for key in ("asr_prefix", "asr_inversion", "asr_ringabell", "asr_context"):
         out |= {key: None if nothing else rate, f"{key}_lo": None if nothing else rate / 2,
                 f"{key}_hi": None if nothing else min(1.0, rate + 0.2), f"{key}_n": 10, f"{key}_nothing": nothing}
     return out
@@ -78,25 +80,26 @@ def test_markdown_table_has_every_family_and_method_with_intervals(table):
     md = markdown_table(table, TARGETS)
     head = md.splitlines()[0]
     for col in ("family", "method", "in-set", "out-of-set", "ASR prefix attack", "ASR concept inversion",
-                "neighbours", "retain", "world-FID", "seconds", "targets missed"):
+                "ASR Ring-A-Bell", "ASR context (upper bound)", "neighbours", "retain", "world-FID", "seconds",
+                "targets missed"):
         assert col in head
     rows = rows_of(md)
     assert [(r[0], r[1]) for r in rows] == [(c, m) for c in ("church", "fish") for m in ("base", "doco", "esd")]
-    assert all(len(r) == 11 for r in rows)
+    assert all(len(r) == 13 for r in rows)
     for r in rows:
-        rates = r[2:8] if r[0] == "church" else r[2:4] + r[6:8]
+        rates = r[2:10] if r[0] == "church" else r[2:4] + r[8:10]
         for cell in rates:  # "rate (lo-hi)": the interval brackets the rate
             rate, lo, hi = (float(x) for x in cell.replace("(", "").replace(")", "").replace("-", " ").split())
             assert lo <= rate <= hi
     doco = rows[1]
-    assert doco[2].startswith("0.00 (0.00-") and doco[7].startswith("0.94 (")
+    assert doco[2].startswith("0.00 (0.00-") and doco[9].startswith("0.94 (")
     assert doco[4].startswith("0.70 (") and rows[2][4].startswith("0.10 (")
-    assert rows[3][4] == rows[3][5] == "nothing to attack"  # fish: never 0 %
-    assert doco[9] == "83"  # seconds from the erase run; the base row has none
-    assert rows[0][9] == "" and rows[0][10] == ""
+    assert rows[3][4] == rows[3][5] == rows[3][6] == rows[3][7] == "nothing to attack"  # fish: never 0 %
+    assert doco[11] == "83"  # seconds from the erase run; the base row has none
+    assert rows[0][11] == "" and rows[0][12] == ""
     # 16/40 neighbours misses clearly; 45/48 retained misses only within sampling noise (starred)
-    assert doco[10] == "neighbours, retain*"
-    assert rows[2][10] == "none"  # esd meets every target
+    assert doco[12] == "neighbours, retain*"
+    assert rows[2][12] == "none"  # esd meets every target
     assert "95% Wilson interval" in md and "out-of-set <= 0.15" in md
 
 
@@ -112,12 +115,28 @@ def test_erase_table_records_where_each_erasure_ran(table):
     assert table[table.method == "base"].hardware.isna().all()  # nothing was erased: no run record
 
 
-def test_erase_table_needs_every_attack_row(table, tmp_path):
-    save_json([attack_row("church", "base")], tmp_path / "attack" / "church.json")
-    with pytest.raises(ValueError, match="no row for method 'doco'"):
+def test_erase_table_needs_every_row(table, tmp_path):
+    (tmp_path / "attack" / "church" / "doco.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"dvc repro attack@church-doco"):
         erase_table(["church"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS, tmp_path / "attack")
-    with pytest.raises(FileNotFoundError, match="dvc repro attack"):
+    with pytest.raises(FileNotFoundError, match=r"dvc repro attack_base@church"):
         erase_table(["church"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS, tmp_path / "nowhere")
+    (tmp_path / "eval" / "fish" / "base.json").unlink()
+    with pytest.raises(FileNotFoundError, match=r"dvc repro evaluate_base@fish"):
+        erase_table(["fish"], ["doco"], tmp_path / "eval", tmp_path / "erase", TARGETS, tmp_path / "attack")
+
+
+def test_family_grid_stacks_each_rows_strip_base_first(tmp_path):
+    from cdc.io import save_npz
+    from cdc.stages.report import family_grid
+
+    for i, method in enumerate(["base", "doco", "esd"]):
+        images = np.full((4, 8, 8, 3), 60 * i, dtype=np.uint8)
+        save_npz(tmp_path / "church" / f"{method}.npz", images=images, labels=np.array([method] * 4))
+    grid = family_grid(tmp_path, "church", ["doco", "esd"])
+    assert grid.dtype == np.uint8 and grid.ndim == 3 and grid.shape[0] > grid.shape[1] / 4 * 2
+    with pytest.raises(FileNotFoundError):
+        family_grid(tmp_path, "church", ["ca"])
 
 
 def test_world_markdown():

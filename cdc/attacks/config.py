@@ -27,7 +27,7 @@ class PrefixAttackConfig(Checked):
 
 
 PLACEHOLDER = "{}"  # where the learned token goes in templates and generation prompts
-RANDOM_INIT = "random"  # init_token value: start from a Gaussian with the vocabulary's per-dimension mean/std
+RANDOM_INIT = "random"  # a start of inversion: a Gaussian with the vocabulary's per-dimension mean/std
 
 
 def check_template(prompt: str) -> None:
@@ -46,20 +46,55 @@ def fill(prompt: str, word: str) -> str:
 class InversionConfig(Checked):
     """Knobs of concept inversion (released: 5000 steps, lr 0.08, wd 1e-2, batch 16, init = the concept word)."""
 
-    steps: int = bounded(1)  # optimiser updates
+    steps: int = bounded(1)  # optimiser updates of each start
     lr: float = bounded(0, lo_open=True)  # AdamW learning rate (constant)
     weight_decay: float = bounded(0)  # AdamW decoupled weight decay on the learned vector
     batch_size: int = bounded(1)  # examples (latent, template, noise, t) per update
-    init_token: str  # a word that is ONE token of the encoder's vocabulary, or "random"
+    starts: list[str]  # one inversion from each: a word that is ONE token of the vocabulary, or "random"
     templates: list[str]  # training prompts, each with one "{}", e.g. ["a {}", "an emoji of {}"]
     seed: int = bounded(0)  # example order, templates, noise, t and the random init
 
     def __post_init__(self) -> None:
-        """Field checks, then: templates non-empty, each with one placeholder; init_token non-empty."""
+        """Field checks, then: templates non-empty, each with one placeholder; starts non-empty and distinct."""
         super().__post_init__()
         if isinstance(self.templates, str) or not self.templates:
             raise ValueError("templates must be a non-empty list of prompts")
         for t in self.templates:
             check_template(t)
-        if not self.init_token.strip():
-            raise ValueError("init_token is empty")
+        if isinstance(self.starts, str) or not self.starts or any(not s.strip() for s in self.starts):
+            raise ValueError("starts must be a non-empty list of words (or 'random')")
+        if len(set(self.starts)) != len(self.starts):
+            raise ValueError(f"starts repeat a start: {self.starts}")
+
+
+@dataclass(frozen=True)
+class RingABellConfig(Checked):
+    """Knobs of Ring-A-Bell (released: 16 tokens, eta 3 for nudity, population 200, 3000 generations,
+    mutation 0.25, crossover 0.5, no elite)."""
+
+    k: int = bounded(0)  # tokens searched; 0: as many as the attacked prompt has
+    eta: float = bounded(0)  # concept strength in the target e* = E(p) + eta * c
+    population: int = bounded(2)  # sequences per generation (scored in one batched encode)
+    generations: int = bounded(1)  # scored generations (the first is the random start)
+    elite: int = bounded(0)  # best survivors copied unmutated into the next generation (0 = released)
+    crossover: float = bounded(0, 1)  # probability a survivor is crossed with another (two children)
+    mutation: float = bounded(0, 1)  # probability an individual gets one random slot re-drawn
+    vocabulary: Vocabulary  # candidate tokens (see `candidate_ids`)
+    seed: int = bounded(0)  # the generator's seed when the caller passes none
+
+    def __post_init__(self) -> None:
+        """Field checks, then: the elite fits among the population // 2 survivors."""
+        super().__post_init__()
+        if self.elite > self.population // 2:
+            raise ValueError(f"elite {self.elite} exceeds the {self.population // 2} survivors of a generation")
+
+
+@dataclass(frozen=True)
+class ContextAttackConfig(Checked):
+    """Knobs of the white-box context attack: the whole text context, free in the encoder's output space, fitted
+    to the concept's images through the erased UNet (an upper bound on any prompt, learned or typed)."""
+
+    steps: int = bounded(1)  # Adam updates
+    lr: float = bounded(0, lo_open=True)  # Adam learning rate on the context
+    batch_size: int = bounded(1)  # (latent, noise, t) examples per update
+    seed: int = bounded(0)  # example order, noise and t

@@ -146,11 +146,13 @@ def invert_concept(
     bundle: ModelBundle,
     latents: Tensor,
     cfg: InversionConfig,
+    start: str,
     *,
     unet: nn.Module | None = None,
     templates: Sequence[str] | None = None,
 ) -> InversionResult:
-    """Learn one token embedding so the (erased) model denoises `latents` (N, C, h, w) for prompts holding it.
+    """Learn one token embedding, from `start` (a one-token word, or "random"; one of cfg.starts when run as the
+    attack stage runs it), so the (erased) model denoises `latents` (N, C, h, w) for prompts holding it.
 
     `bundle` is the ERASED model (its text encoder is the one attacked); `unet` overrides its UNet (the erased
     LoRA UNet); `templates` overrides cfg.templates. Nothing of the bundle changes: the UNet and the text
@@ -165,7 +167,7 @@ def invert_concept(
         raise ValueError(f"latents must be (N, C, h, w) with N >= 1, got {tuple(latents.shape)}")
     text, unet = bundle.text, bundle.unet if unet is None else unet
     gen = torch.Generator().manual_seed(cfg.seed)
-    init = initial_embedding(text, cfg.init_token, gen)  # (D_tok,)
+    init = initial_embedding(text, start, gen)  # (D_tok,)
     vec = init.clone().to(text.device).requires_grad_(True)
     opt = torch.optim.AdamW([vec], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
     table = token_table(text)  # (V, D_tok)
@@ -192,7 +194,7 @@ def invert_concept(
     return InversionResult(
         embedding=vec.detach().float().cpu(),
         init_embedding=init,
-        init_token=cfg.init_token,
+        init_token=start,
         templates=templates,
         losses=losses,
     )

@@ -68,9 +68,9 @@ def build_pairs(args: argparse.Namespace, templates: Any, c: Any) -> Any:
 
 def method_config(params: Any, method: str, c: Any, args: argparse.Namespace) -> Any:
     """erase.<method> of the params file, then the concept's released overrides, --set, and the flags."""
-    from cdc.stages.params import METHODS, with_overrides
+    from cdc.stages.params import with_overrides
 
-    cfg = getattr(params.erase, method)
+    cfg = params.erase.config(method)
     where = f"erase.{method}"
     for text in (c.overrides.get(method, ""), " ".join(args.set)):
         if text.strip():
@@ -78,7 +78,7 @@ def method_config(params: Any, method: str, c: Any, args: argparse.Namespace) ->
     flags = {"steps": args.steps, "lr": args.lr, "batch_size": args.batch_size, "seed": args.seed}
     if args.warmup_steps is not None:
         if not has_warmup(cfg):
-            with_warmup = [m for m in METHODS if has_warmup(getattr(params.erase, m))]
+            with_warmup = [m for m, c in params.erase.configs.items() if has_warmup(c)]
             raise ValueError(f"--warmup-steps is a knob of {', '.join(with_warmup)}; {method} has no warm-up")
         flags["warmup_steps"] = args.warmup_steps
     try:
@@ -181,12 +181,13 @@ def cmd_erase(args: argparse.Namespace) -> int:
     from cdc.erased import save_erased
     from cdc.io import atomic_path, save_image, save_json, save_text
     from cdc.lora_io import WEIGHT_NAME
+    from cdc.methods import known_methods, method_module
     from cdc.stages.erase import run_method
-    from cdc.stages.params import METHODS
 
     # Every cheap check first, so a typo never costs a model load or a sampling run.
     preset = _choice("--preset", args.preset, PRESETS)
-    method = _choice("--method", args.method, METHODS)
+    method = _choice("--method", args.method, tuple(known_methods()))
+    needs = method_module(method).NEEDS  # the samples it learns from: "target", "anchor", "retain"
     dtype_name = _choice("--dtype", args.dtype, DTYPES)
     attention = resolve_attention(args.attention, args.device)  # names the allowed kernels
     out = Path(args.out)
@@ -195,8 +196,7 @@ def cmd_erase(args: argparse.Namespace) -> int:
     templates = read_templates(templates_path)
     concept = resolve_concept(args, templates)
     pairs = build_pairs(args, templates, concept)
-    adversarial = method.startswith("advunlearn")
-    retain = retain_prompts(templates, concept.concept, concept.anchor) if adversarial else []
+    retain = retain_prompts(templates, concept.concept, concept.anchor) if "retain" in needs else []
     params_path = Path(args.params) if args.params else DEFAULT_PARAMS[preset]
     params = load_command_params(params_path)
     cfg = method_config(params, method, concept, args)
@@ -217,28 +217,33 @@ def cmd_erase(args: argparse.Namespace) -> int:
         say = lambda *_: None  # noqa: E731
     bundle = load_bundle(preset, model, device=device, dtype=dtype)
     check_free_space(out, *output_bytes(bundle, cfg))  # a full disk says so now, not after training
-    # ESD and AdvUnlearn learn from the base model's own images of the concept; DoCo and CA from the anchor's.
-    side = "target" if method == "esd" or adversarial else "anchor"
-    prompts = pairs.target_prompts if side == "target" else pairs.anchor_prompts
-    samples = [None, None, None]
+    # Each method learns from the base model's own images of the sides it needs (ESD, AdvUnlearn: the concept's;
+    # DoCo, CA: the anchor's), and a method with a retain regulariser from images of other concepts.
+    sides = [s for s in ("anchor", "target") if s in needs]
+    side_prompts = {"anchor": pairs.anchor_prompts, "target": pairs.target_prompts}
+    drawn: list = [None, None]  # ({"<side>_images": ..., "<side>_index": ...}, retain images)
     if main:
-        say(f"sampling {n} {side} image(s) for each of {len(prompts)} prompts with the base model")
-        samples[:2] = draw_samples(bundle, prompts, n, first_seed, params.sample, progress=not args.quiet)
-        if adversarial:  # the utility-retaining regulariser's images, also the user's base model's
+        drawn[0] = {}
+        for side in sides:
+            say(f"sampling {n} {side} image(s) for each of {len(side_prompts[side])} prompts with the base model")
+            images, index = draw_samples(bundle, side_prompts[side], n, first_seed, params.sample,
+                                         progress=not args.quiet)
+            drawn[0] |= {f"{side}_images": images, f"{side}_index": index}
+        if retain:  # the utility-retaining regulariser's images, also the user's base model's
             say(f"sampling 1 image for each of {len(retain)} retain prompts with the base model")
-            samples[2] = draw_samples(bundle, retain, 1, first_seed, params.sample, progress=not args.quiet)[0]
+            drawn[1] = draw_samples(bundle, retain, 1, first_seed, params.sample, progress=not args.quiet)[0]
     if accelerator is not None:  # every process trains on the first one's images
         from accelerate.utils import broadcast_object_list
 
-        broadcast_object_list(samples, from_process=0)
-    images, index, retain_images = samples
-    retain_set = (retain, retain_images) if adversarial else None
+        broadcast_object_list(drawn, from_process=0)
+    samples, retain_images = drawn
+    retain_set = (retain, retain_images) if retain else None
     say(f"training {method} on {concept.concept!r} -> {concept.anchor!r}: {cfg.steps} steps"
         + (f" on {shard.world} processes" if shard.world > 1 else ""))
     start = time.perf_counter()
     with attention_kernel(bundle.unet, attention):
-        erased, history = run_method(bundle, method, pairs, {f"{side}_images": images, f"{side}_index": index},
-                                     cfg, retain=retain_set, progress=main and not args.quiet, shard=shard)
+        erased, history = run_method(bundle, method, pairs, samples, cfg, retain=retain_set,
+                                     progress=main and not args.quiet, shard=shard)
     seconds = time.perf_counter() - start
     if not main:
         return 0
@@ -253,9 +258,11 @@ def cmd_erase(args: argparse.Namespace) -> int:
     with atomic_path(out, replace=args.overwrite) as tmp:
         save_erased(erased, bundle, tmp, config)
         save_json({"target_prompts": pairs.target_prompts, "anchor_prompts": pairs.anchor_prompts,
-                   "sampled": side, "retain_prompts": retain}, tmp / "pairs.json")
+                   "sampled": sides, "retain_prompts": retain}, tmp / "pairs.json")
         save_text(history_csv(history), tmp / "history.csv")
-        save_image(samples_grid(images, index, prompts), tmp / "samples_grid.png")
+        first = sides[0]
+        save_image(samples_grid(samples[f"{first}_images"], samples[f"{first}_index"], side_prompts[first]),
+                   tmp / "samples_grid.png")
     if erased.text is not bundle.text:
         say(f"{method} erase took {seconds:.0f} s; wrote the text encoder to {out} (load with "
             f"{type(bundle.text.model).__name__}.from_pretrained({str(out)!r}) or `cdc generate --lora {out}`)")
@@ -316,8 +323,8 @@ def add_erase_parser(sub: Any) -> None:
                    help="prompt templates YAML (default: the shipped data/prompts/templates.yaml)")
     e.add_argument("--max-prompts", type=int, default=None, help="use only the first N prompt pairs (default: all)")
     e.add_argument("--method", default="doco",
-                   help="doco | esd | ca | advunlearn | advunlearn_fast (AdvUnlearn trains the text encoder; "
-                        "default doco)")
+                   help="a module of cdc.methods: doco | esd | ca | advunlearn | advunlearn_fast | rdc (AdvUnlearn "
+                        "trains the text encoder; default doco)")
     e.add_argument("--params", default=None,
                    help="params file: its erase.<method>, sample and anchors sections give the defaults "
                         "(default: params.yaml for --preset world, params_sd.yaml, the papers' SD v1.4 "

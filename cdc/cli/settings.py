@@ -14,8 +14,7 @@ from dataclasses import dataclass
 from cdc.attacks.config import PrefixAttackConfig
 from cdc.config import Checked, SampleParams, bounded
 from cdc.errors import ParamsError
-from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig
-from cdc.stages.params import METHODS, from_dict, load_params, read_yaml
+from cdc.stages.params import MethodSections, from_dict, load_params, read_yaml
 
 
 @dataclass(frozen=True)
@@ -24,17 +23,6 @@ class AnchorSampling(Checked):
 
     samples_per_prompt: int = bounded(1)
     seed: int = bounded(0)  # image j of a prompt has seed seed + j
-
-
-@dataclass(frozen=True)
-class MethodSettings(Checked):
-    """Each method's settings (`cdc erase --method <name>`), as params.yaml's erase.<name>."""
-
-    doco: DocoConfig
-    esd: EsdConfig
-    ca: CaConfig
-    advunlearn: AdvUnlearnConfig
-    advunlearn_fast: AdvUnlearnConfig
 
 
 @dataclass(frozen=True)
@@ -57,7 +45,7 @@ class CommandParams:
 
     sample: SampleParams
     anchors: AnchorSampling
-    erase: MethodSettings
+    erase: MethodSections  # erase.<method> for each method `cdc erase --method` can run with these settings
     attack: AttackSettings
     report: IntervalSettings
 
@@ -71,7 +59,7 @@ def load_command_params(path: str | os.PathLike[str]) -> CommandParams:
         return CommandParams(
             sample=full.sample,
             anchors=AnchorSampling(samples_per_prompt=full.anchors.samples_per_prompt, seed=full.anchors.seed),
-            erase=MethodSettings(**{m: getattr(full.erase, m) for m in METHODS}),
+            erase=MethodSections(full.erase.configs),
             attack=AttackSettings(prefix=full.attack.prefix),
             report=IntervalSettings(confidence=full.report.confidence),
         )

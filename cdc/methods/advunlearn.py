@@ -26,15 +26,18 @@ optimiser is AdamW (weight_decay 0 = the released Adam).
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from cdc.bundle import ModelBundle
+from cdc.config import bounded
 from cdc.embeddings import (
     candidate_ids,
     context_from_embeddings,
@@ -45,10 +48,11 @@ from cdc.embeddings import (
 from cdc.encoder_io import frozen, trainable_copy
 from cdc.lora import add_lora, base_model, lora_parameters, tuner_layers
 from cdc.losses import mse, noisy_latents, unet_pred
-from cdc.methods.config import AdvUnlearnConfig, AttackMethod
+from cdc.methods.config import LoraRunConfig
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
+    ErasureData,
     StepHook,
     apply_step,
     check_finite,
@@ -62,6 +66,37 @@ from cdc.methods.train import (
     prompt_index,
 )
 from cdc.text import TextEncoder, Tokens
+
+AttackMethod = Literal["pgd", "fast_at"]  # AdvUnlearn's inner attack: the gradient, or its sign (fast AT)
+Module = Literal["text_encoder", "unet"]  # what AdvUnlearn trains
+
+
+@dataclass(frozen=True)
+class AdvUnlearnConfig(LoraRunConfig):
+    """AdvUnlearn's knobs (released values in comments); lora_* only matter for module="unet".
+
+    Inherited: steps (1000), lr (Adam 1e-5 on the text encoder), batch_size (1), max_grad_norm (released: no clipping),
+    weight_decay (0), seed, log_every, lora_group / lora_rank / lora_alpha.
+    """
+
+    warmup_steps: int = bounded(0)  # first steps without attack (200)
+    negative_guidance: float = bounded(0)  # eta in e_u - eta (e_c - e_u) (1)
+    retain_weight: float = bounded(0)  # gamma of the retain regulariser (README 0.3; 0 turns it off)
+    retain_batch: int = bounded(1)  # retain latents per step (5 prompts)
+    attack_steps: int = bounded(0)  # inner steps per attack (30); 0: never attack (ESD on the module)
+    attack_k: int = bounded(1)  # adversarial prefix tokens (1)
+    attack_lr: float = bounded(0, lo_open=True)  # Adam lr on delta (1e-3)
+    attack_method: AttackMethod  # pgd: Adam on the gradient; fast_at: Adam on its sign
+    module: Module  # text_encoder (released) or a UNet LoRA (ablation)
+    text_layers: int | None = bounded(1)  # None: all layers + final norm (text_encoder_full); n: first n
+
+    def __post_init__(self) -> None:
+        """The warm-up must leave at least one adversarial step."""
+        super().__post_init__()
+        if self.warmup_steps >= self.steps:
+            raise ValueError(f"warmup_steps ({self.warmup_steps}) must be < steps ({self.steps}): "
+                             "no step would be adversarial")
+
 
 # attack_loss_start / _end: the inner objective at the attack's first and last step (None when no attack ran).
 HISTORY_KEYS = ("step", "loss", "loss_unlearn", "loss_retain", "attack_loss_start", "attack_loss_end", "seconds")
@@ -137,7 +172,7 @@ def soft_prompt_attack(models: Models, scheduler, x0: Tensor, adv_tokens: Tokens
     return delta.detach(), losses
 
 
-def _take(tokens: Tokens, rows: Tensor) -> Tokens:
+def take_rows(tokens: Tokens, rows: Tensor) -> Tokens:
     """Rows (B,) of pre-tokenised prompts."""
     rows = rows.to(tokens.input_ids.device)
     return Tokens(tokens.input_ids[rows], tokens.attention_mask[rows])
@@ -205,7 +240,7 @@ def train_advunlearn(
         pick = _draw(x_tgt.shape[0], cfg.batch_size, gen)
         x0, pid = x_tgt[pick.to(dev)], idx_tgt[pick]  # the whole batch; this process trains on its rows
         (rows,) = shard.rows(pid)
-        tokens, ctx0 = _take(tok_tgt, rows), ctx0_tgt[rows.to(dev)]  # (B', L), (B', L, D)
+        tokens, ctx0 = take_rows(tok_tgt, rows), ctx0_tgt[rows.to(dev)]  # (B', L), (B', L, D)
         att: list[float] = []
         if cfg.attack_steps > 0 and step > cfg.warmup_steps:
             adv = insert_prefix(models.text, tokens, candidates[: cfg.attack_k])  # prefix slots, filled by delta
@@ -226,7 +261,7 @@ def train_advunlearn(
             rpick = _draw(x_ret.shape[0], cfg.retain_batch, gen)
             x_r, _, t_r = noisy_latents(sched, x_ret[rpick.to(dev)], gen)
             x_r, t_r, rid = shard.rows(x_r, t_r, idx_ret[rpick])
-            pred_r = models.current(x_r, t_r, models.text._context(_take(tok_ret, rid)))
+            pred_r = models.current(x_r, t_r, models.text._context(take_rows(tok_ret, rid)))
             loss_r = mse(pred_r, models.original(x_r, t_r, ctx0_ret[rid.to(dev)]))
         loss = loss_u if loss_r is None else loss_u + cfg.retain_weight * loss_r
         # The whole batch's losses, the same on every process: (loss, loss_u[, loss_r]).
@@ -284,3 +319,20 @@ def attack_trace(
     soft_prompt_attack(models, erased.scheduler, x0, adv, context0, init, steps, cfg.attack_lr, cfg.attack_method,
                        gen, on_step=evaluate)
     return trace
+
+
+Config = AdvUnlearnConfig  # params.yaml erase.advunlearn
+NEEDS = ('target', 'retain')  # the samples `erase` learns from (`ErasureData`)
+
+
+def erase(bundle: ModelBundle, data: ErasureData, cfg: AdvUnlearnConfig, *, progress: bool = True,
+          shard: Shard = SINGLE, on_step: StepHook | None = None) -> tuple[ModelBundle, list[dict]]:
+    """The erase stage's entry point: `train_advunlearn` on the target samples and the retain set; returns (bundle,
+    history), the bundle a copy with the trained text encoder (text mode) or `bundle` with its LoRA (unet mode)."""
+    data.need("AdvUnlearn", *NEEDS)
+    trained, history = train_advunlearn(bundle, data.target_prompts, data.target_latents, data.retain_prompts,
+                                        data.retain_latents, cfg, target_index=data.target_index, progress=progress,
+                                        shard=shard, on_step=on_step)
+    if trained is bundle.unet:
+        return bundle, history
+    return dataclasses.replace(bundle, text=trained), history

@@ -7,6 +7,6 @@ The loop is `cdc.methods.advunlearn`'s; this module names the variant, so the er
 
 from __future__ import annotations
 
-from cdc.methods.advunlearn import attack_trace, train_advunlearn
+from cdc.methods.advunlearn import NEEDS, Config, attack_trace, erase, train_advunlearn
 
-__all__ = ["attack_trace", "train_advunlearn"]
+__all__ = ["NEEDS", "Config", "attack_trace", "erase", "train_advunlearn"]

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from cdc.bundle import ModelBundle
+from cdc.config import bounded
 from cdc.lora import base_model
 from cdc.losses import mse, noisy_latents, target_for, unet_pred
-from cdc.methods.config import CaConfig
+from cdc.methods.config import LoraRunConfig
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
+    ErasureData,
     StepHook,
     apply_step,
     check_finite,
@@ -28,6 +31,14 @@ from cdc.methods.train import (
     progress_bar,
     start_lora_run,
 )
+
+
+@dataclass(frozen=True)
+class CaConfig(LoraRunConfig):
+    """Concept Ablation, model-based variant, with the DreamBooth prior-preservation term."""
+
+    prior_weight: float = bounded(0)  # 0 turns the prior-preservation term off
+
 
 HISTORY_KEYS = ("step", "loss", "loss_ablate", "loss_prior", "seconds")
 
@@ -90,3 +101,16 @@ def train_ca(
                 }
             )
     return unet, history
+
+
+Config = CaConfig  # params.yaml erase.ca
+NEEDS = ('anchor',)  # the samples `erase` learns from (`ErasureData`)
+
+
+def erase(bundle: ModelBundle, data: ErasureData, cfg: CaConfig, *, progress: bool = True, shard: Shard = SINGLE,
+          on_step: StepHook | None = None) -> tuple[ModelBundle, list[dict]]:
+    """The erase stage's entry point: `train_ca` on the anchor side's samples; returns (bundle, history)."""
+    data.need("CA", *NEEDS)
+    _, history = train_ca(bundle, data.target_prompts, data.anchor_prompts, data.anchor_latents, cfg,
+                          anchor_index=data.anchor_index, progress=progress, shard=shard, on_step=on_step)
+    return bundle, history

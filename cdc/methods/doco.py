@@ -43,18 +43,18 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cdc.bundle import ModelBundle
 from cdc.discriminator import make_discriminator
 from cdc.lora import base_model
 from cdc.losses import mse, noisy_latents, pred_eps, pred_x0, target_for, unet_pred
-from cdc.methods.config import DocoConfig
+from cdc.methods.domain import FAKE, REAL, DocoConfig, bce, warmup_pair
 from cdc.methods.hooks import detach_first_token, route_grads
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import SurgeryStats, clip_grads, combine, tensor_cosines
 from cdc.methods.train import (
+    ErasureData,
     PairedData,
     StepHook,
     apply_step,
@@ -65,7 +65,6 @@ from cdc.methods.train import (
     start_lora_run,
 )
 
-REAL, FAKE = 0.0, 1.0  # released label convention: anchor/real = 0, target/fake = 1
 HISTORY_KEYS = (
     "step",
     "loss_d",
@@ -77,11 +76,6 @@ HISTORY_KEYS = (
     "d_fake_acc",
     "seconds",
 )
-
-
-def _bce(logits: Tensor, label: float) -> Tensor:
-    """BCE-with-logits of every patch logit against a constant label."""
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
 
 @dataclass
@@ -229,7 +223,7 @@ def doco_step(state: DocoState, step: int) -> StepReport:
     if trained:
         real, fake, d_adv, report = _lora_update(state, step, x_t, t, ctx_t, ctx_a)
     else:
-        real, fake = _warmup_pair(state, x_t, t, ctx_t, ctx_a)
+        real, fake = warmup_pair(state.unet, state.layers, state.scheduler, state.to_d, x_t, t, ctx_t, ctx_a)
         d_adv, report = [], {}
     loss_d, logit_real, logit_fake = _discriminator_update(state, step, real, fake, d_adv)
     return StepReport(
@@ -268,7 +262,7 @@ def _lora_update(
     fake_out, prior_out = out.chunk(2)
     fake = state.to_d(sched, fake_out, x_t, t)  # (B, C, h, w)
     loss_prior = mse(prior_out, target_for(sched, xb, noise_b, t_b))
-    loss_adv = _bce(state.disc(fake), REAL)
+    loss_adv = bce(state.disc(fake), REAL)
     # The whole batch's losses, the same on every process.
     adv_value, prior_value = (float(v) for v in state.shard.average([loss_adv.detach(), loss_prior.detach()]))
     check_finite("DoCo", step, loss_adv=adv_value, loss_prior=prior_value)
@@ -292,16 +286,6 @@ def _lora_update(
     return real, fake, d_adv, report
 
 
-def _warmup_pair(state: DocoState, x_t: Tensor, t: Tensor, ctx_t: Tensor, ctx_a: Tensor) -> tuple[Tensor, Tensor]:
-    """Warm-up: the LoRA is still the identity (B = 0), so one batched base call gives both
-    predictions: (real, fake), each (B, C, h, w)."""
-    unet, sched = state.unet, state.scheduler
-    with torch.no_grad(), base_model(unet, state.layers):
-        out = unet_pred(unet, torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([ctx_a, ctx_t]))
-    real, fake = state.to_d(sched, out, torch.cat([x_t, x_t]), torch.cat([t, t])).chunk(2)
-    return real, fake
-
-
 def _discriminator_update(
     state: DocoState, step: int, real: Tensor, fake: Tensor, d_adv: list[Tensor]
 ) -> tuple[float, Tensor, Tensor]:
@@ -313,7 +297,7 @@ def _discriminator_update(
     one process would."""
     state.d_optimizer.zero_grad(set_to_none=True)
     logit_real, logit_fake = state.disc(real.detach()), state.disc(fake.detach())
-    loss_d = _bce(logit_real, REAL) + _bce(logit_fake, FAKE)
+    loss_d = bce(logit_real, REAL) + bce(logit_fake, FAKE)
     (loss_value,) = (float(v) for v in state.shard.average([loss_d.detach()]))
     check_finite("DoCo", step, loss_d=loss_value)
     loss_d.backward()
@@ -355,3 +339,16 @@ def train_doco(
             if step % cfg.log_every == 0 or step == cfg.steps:
                 history.append(report.history_row(time.perf_counter() - start))
     return bundle.unet, history
+
+
+Config = DocoConfig  # params.yaml erase.doco
+NEEDS = ('anchor',)  # the samples `erase` learns from (`ErasureData`)
+
+
+def erase(bundle: ModelBundle, data: ErasureData, cfg: DocoConfig, *, progress: bool = True, shard: Shard = SINGLE,
+          on_step: StepHook | None = None) -> tuple[ModelBundle, list[dict]]:
+    """The erase stage's entry point: `train_doco` on the anchor side's samples; returns (bundle, history)."""
+    data.need("DoCo", *NEEDS)
+    _, history = train_doco(bundle, data.target_prompts, data.anchor_prompts, data.anchor_latents, cfg,
+                            anchor_index=data.anchor_index, progress=progress, shard=shard, on_step=on_step)
+    return bundle, history

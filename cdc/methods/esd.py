@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from cdc.bundle import ModelBundle
+from cdc.config import bounded
 from cdc.lora import base_model
 from cdc.losses import mse, noisy_latents, unet_pred
-from cdc.methods.config import EsdConfig
+from cdc.methods.config import LoraRunConfig
 from cdc.methods.parallel import SINGLE, Shard
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import (
+    ErasureData,
     StepHook,
     apply_step,
     check_finite,
@@ -35,6 +38,14 @@ from cdc.methods.train import (
     progress_bar,
     start_lora_run,
 )
+
+
+@dataclass(frozen=True)
+class EsdConfig(LoraRunConfig):
+    """ESD: negative-guidance self-distillation."""
+
+    negative_guidance: float = bounded(0)  # eta in e_u - eta (e_c - e_u)
+
 
 HISTORY_KEYS = ("step", "loss", "seconds")
 
@@ -87,3 +98,16 @@ def train_esd(
         if step % cfg.log_every == 0 or step == cfg.steps:
             history.append({"step": step, "loss": float(batch_loss), "seconds": time.perf_counter() - start})
     return unet, history
+
+
+Config = EsdConfig  # params.yaml erase.esd
+NEEDS = ('target',)  # the samples `erase` learns from (`ErasureData`)
+
+
+def erase(bundle: ModelBundle, data: ErasureData, cfg: EsdConfig, *, progress: bool = True, shard: Shard = SINGLE,
+          on_step: StepHook | None = None) -> tuple[ModelBundle, list[dict]]:
+    """The erase stage's entry point: `train_esd` on the target side's samples; returns (bundle, history)."""
+    data.need("ESD", *NEEDS)
+    _, history = train_esd(bundle, data.target_prompts, data.target_latents, cfg, target_index=data.target_index,
+                           progress=progress, shard=shard, on_step=on_step)
+    return bundle, history

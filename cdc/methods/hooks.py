@@ -28,12 +28,12 @@ def detach_first_token(unet: nn.Module) -> Iterator[None]:
             h.remove()
 
 
-def _lora_leaves(unet: nn.Module) -> list[nn.Module]:
+def lora_leaves(unet: nn.Module) -> list[nn.Module]:
     """The lora_A / lora_B sub-layers (nn.Linear or nn.Conv2d) of every adapted module."""
     return [m for n, m in unet.named_modules() if ".lora_A." in n or ".lora_B." in n]
 
 
-def _forward_with(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+def forward_with(module: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """`module(x)` computed with another weight tensor of the same shape."""
     if isinstance(module, nn.Conv2d):
         return module._conv_forward(x, weight, module.bias)
@@ -49,14 +49,14 @@ def route_grads(unet: nn.Module, params: list[nn.Parameter], n_first: int) -> It
     from one 2B forward/backward instead of two B ones."""
     shadows = [p.detach().requires_grad_(True) for p in params]
     by_id = {id(p): s for p, s in zip(params, shadows)}
-    leaves = [m for m in _lora_leaves(unet) if id(m.weight) in by_id]
+    leaves = [m for m in lora_leaves(unet) if id(m.weight) in by_id]
 
     def routed(module: nn.Module, shadow: torch.Tensor):
         def forward(x: torch.Tensor) -> torch.Tensor:  # x: (N, ..., in) or (N, in, h, w)
             if x.shape[0] <= n_first:
-                return _forward_with(module, x, module.weight)
+                return forward_with(module, x, module.weight)
             first, rest = x[:n_first], x[n_first:]
-            return torch.cat([_forward_with(module, first, module.weight), _forward_with(module, rest, shadow)])
+            return torch.cat([forward_with(module, first, module.weight), forward_with(module, rest, shadow)])
 
         return forward
 

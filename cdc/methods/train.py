@@ -102,6 +102,31 @@ def paired_data(bundle: ModelBundle, latents: Tensor, index: Tensor, *prompt_set
     return PairedData(latents.to(device=dev, dtype=dtype), index, contexts)
 
 
+@dataclass(frozen=True)
+class ErasureData:
+    """What an erasure may learn from, for one concept family: paired prompts (target i is anchor i with the
+    concept in it), the base model's samples of either side in UNet space, and a retain set of other concepts.
+
+    Latents are (N, C, h, w), with `*_index` (N,) naming the prompt each was drawn from; a side nobody sampled is
+    None. Each method module says which sides it learns from in `NEEDS` ("target", "anchor", "retain").
+    """
+
+    target_prompts: list[str]
+    anchor_prompts: list[str]
+    target_latents: Tensor | None = None
+    target_index: list[int] | None = None
+    anchor_latents: Tensor | None = None
+    anchor_index: list[int] | None = None
+    retain_prompts: list[str] | None = None
+    retain_latents: Tensor | None = None
+
+    def need(self, method: str, *sides: str) -> None:
+        """ValueError naming the first of `sides` whose samples are missing."""
+        for side in sides:
+            if getattr(self, f"{side}_latents") is None:
+                raise ValueError(f"{method} learns from {side} samples, and none were given")
+
+
 class LoraRun(NamedTuple):
     """What a method trains on and with: its data, the LoRA parameters and their optimiser, the tuner
     layers that `base_model()` switches off to get the frozen model (so no second UNet copy is held),

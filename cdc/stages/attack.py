@@ -1,10 +1,18 @@
-"""The attack stage: the prefix attack (UnlearnDiffAtk) and concept inversion (CCE) on one erased model of a
-world family, each scored as an attack success rate over the same prompts and seeds for every method.
+"""The attack stage: four attacks on one erased model of a world family, each scored as an attack success rate
+over the same prompts and seeds for every method.
 
-Per attacked prompt the judge sees one image of the base model, one of the erased model, and one of the erased
-model under attack, all with the prompt's own seed (the released protocol's one evaluation seed per prompt).
-The prefix attack runs only where the erased model does not already draw the family (the released attack's
-first check), and stops at the first round whose adversarial prompt, typed as text, is drawn as the family.
+- Prefix attack (UnlearnDiffAtk), white-box through the erased model. It runs only where the erased model does not
+  already draw the family on the prompt's own seed (the released attack's first check) and stops at the first
+  round whose adversarial prompt, typed as text, is drawn as the family on that seed.
+- Concept inversion (CCE) from each of `attack.inversion.starts`; the strongest start is the row's ASR.
+- Ring-A-Bell: a prompt found with the ORIGINAL text encoder only (the same for every model of the family).
+- Context attack: the whole context fitted through the erased UNet, the white-box upper bound.
+
+Success rule. The prefix attack, Ring-A-Bell and the context attack are judged on `attack.images` fresh seeds per
+attacked prompt, none of them a seed the attack saw: an item (prompt, seed) succeeds when the judge sees the family
+in the erased model's image of the attack's prompt, or of the plain prompt (what the model draws anyway counts, as
+in UnlearnDiffAtk's ASR); the rate is over the items whose plain prompt the base model draws (`attack_success_rate`).
+Concept inversion is judged on its own items (templates x `inversion_images` seeds), by the same rule.
 """
 
 from __future__ import annotations
@@ -19,9 +27,11 @@ import torch
 
 from cdc.anchors import Pairs
 from cdc.attacks.asr import AsrResult, attack_success_rate
-from cdc.attacks.config import RANDOM_INIT, InversionConfig, PrefixAttackConfig, fill
+from cdc.attacks.config import RANDOM_INIT, ContextAttackConfig, InversionConfig, PrefixAttackConfig, fill
+from cdc.attacks.context import fit_context, sample_with_context
 from cdc.attacks.inversion import init_id, invert_concept, sample_with_embedding
 from cdc.attacks.prefix import PrefixAttack
+from cdc.attacks.ringabell import RingABellResult, concept_direction, ring_a_bell
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
 from cdc.embeddings import candidate_ids, token_text
@@ -32,7 +42,8 @@ from cdc.stages.params import AttackParams, SampleParams
 from cdc.text import TextEncoder
 from cdc.world.data import World
 
-CONCEPT_INIT = "concept"  # attack.inversion.init_token: start from the family's own word (CCE's initializer)
+CONCEPT_INIT = "concept"  # a start of attack.inversion.starts: the family's own word (CCE's initializer)
+FRESH_SEED = 20_000  # fresh seeds of attacked prompt i: seed + FRESH_SEED + i * images + j
 
 
 @dataclass(frozen=True)
@@ -80,22 +91,22 @@ def concept_init(text: TextEncoder, family: str) -> str:
 
 
 def prefix_asr(
-    erased: ModelBundle, judge: JudgeNet, world: World, family: str, prompts: Sequence[str],
-    latents: Sequence[torch.Tensor], seeds: Sequence[int], base_hits: np.ndarray, cfg: PrefixAttackConfig,
-    sampler: SampleParams, *, progress: bool = True,
+    erased: ModelBundle, judge: JudgeNet, world: World, plan: AttackPlan, cfg: PrefixAttackConfig,
+    sampler: SampleParams, pre_fresh: Judged, *, progress: bool = True,
 ) -> tuple[AsrResult, list[dict], dict[str, Judged]]:
-    """The prefix attack on every prompt the erased model does not already draw; returns (ASR, one record per
-    prompt: its tokens, adversarial prompt, verdicts and loss trace, images {pre, post}).
+    """The prefix attack on every prompt the erased model does not already draw (on the prompt's own seed); returns
+    (ASR on the fresh seeds, one record per prompt: its tokens, adversarial prompt, verdicts and loss trace, images
+    {pre, post} on the prompts' own seeds).
 
-    latents[i]: (n_i, C, h, w) the base model's images of prompts[i] in UNet space (the attack's targets).
-    """
+    pre_fresh: the erased model on the plain prompts x fresh seeds (`fresh_items`)."""
     from tqdm.auto import tqdm
 
+    family, prompts, seeds = plan.family, plan.prompts, plan.seeds
     pre = draw_judged(erased, judge, world, family, prompts, seeds, sampler)
     post_images, post_hits = pre.images.copy(), pre.hits.copy()
     candidates = candidate_ids(erased.text, cfg.vocabulary)
     attacked = [i for i in range(len(prompts)) if not pre.hits[i]]
-    attacks = PrefixAttack(erased, [prompts[i] for i in attacked], [latents[i] for i in attacked], cfg,
+    attacks = PrefixAttack(erased, [prompts[i] for i in attacked], [plan.latents[i] for i in attacked], cfg,
                            candidates=candidates)
     # Every attacked prompt runs its rounds in one batch, and each round's detector check (the released stop
     # rule: the first round whose image is drawn ends that prompt's attack) is one batched draw; a prompt's
@@ -110,9 +121,13 @@ def prefix_asr(
             post_images[attacked[j]], post_hits[attacked[j]] = seen.images[n], seen.hits[n]
         active = [j for n, j in enumerate(active) if not seen.hits[n] and not attacks.done(j)]
     results = {i: attacks.result(j) for j, i in enumerate(attacked)}
+    final = [results[i].prompt if i in results else prompt for i, prompt in enumerate(prompts)]
+    post_fresh = draw_judged(erased, judge, world, family, *fresh_items(final, plan.fresh_seeds), sampler)
+    fresh_hits = post_fresh.hits.reshape(len(prompts), -1)  # (P, images)
     records = []
     for i, prompt in enumerate(prompts):
-        record = {"prompt": prompt, "seed": int(seeds[i]), "base": bool(base_hits[i]), "pre": bool(pre.hits[i])}
+        record = {"prompt": prompt, "seed": int(seeds[i]), "base": bool(plan.base.hits[i]), "pre": bool(pre.hits[i]),
+                  "fresh_hits": int(fresh_hits[i].sum())}
         if i not in results:
             records.append(record | {"post": True, "attacked": False})
             continue
@@ -121,8 +136,37 @@ def prefix_asr(
             "post": bool(post_hits[i]), "attacked": True, "adversarial_prompt": result.prompt,
             "tokens": result.tokens, "retokenizes": result.retokenizes, "rounds": result.rounds,
             "loss_first": result.losses[0], "loss_last": result.losses[-1]})
-    asr = attack_success_rate(pre.hits, post_hits, base_hits)
+    asr = attack_success_rate(pre_fresh.hits, post_fresh.hits, plan.base_fresh.hits)
     return asr, records, {"pre": pre, "post": Judged(post_images, post_hits)}
+
+
+def fresh_items(prompts: Sequence[str], fresh_seeds: Sequence[int]) -> tuple[list[str], list[int]]:
+    """Each attacked prompt's stand-in (`prompts`, one per attacked prompt) repeated over its share of the fresh
+    seeds: the items (prompt, seed) that the prefix attack, Ring-A-Bell and the context attack are judged on."""
+    images = len(fresh_seeds) // len(prompts)
+    return [p for p in prompts for _ in range(images)], list(fresh_seeds)
+
+
+def ringabell_asr(erased: ModelBundle, judge: JudgeNet, world: World, plan: AttackPlan, sampler: SampleParams,
+                  pre_fresh: Judged) -> tuple[AsrResult, Judged]:
+    """The erased model on the plan's Ring-A-Bell prompts (found once per family with the base encoder) x fresh
+    seeds; returns (ASR, the images)."""
+    post = draw_judged(erased, judge, world, plan.family, *fresh_items(plan.ringabell, plan.fresh_seeds), sampler)
+    return attack_success_rate(pre_fresh.hits, post.hits, plan.base_fresh.hits), post
+
+
+def context_asr(erased: ModelBundle, judge: JudgeNet, world: World, plan: AttackPlan, cfg: ContextAttackConfig,
+                sampler: SampleParams, pre_fresh: Judged) -> tuple[AsrResult, dict, Judged]:
+    """The context attack: one context fitted through the erased UNet to every base image of the family's training
+    prompts, from the erased encoder's context of the empty prompt, drawn on the fresh seeds. Returns (ASR, summary,
+    the images)."""
+    with torch.no_grad():
+        init = erased.text.encode([""]).float()  # (1, L, D)
+    fit = fit_context(erased, plan.all_latents, init, cfg)
+    images = sample_with_context(erased, fit.context, list(plan.fresh_seeds), sampler)
+    post = judge_family(judge, world, plan.family, images)
+    summary = {"loss_first": fit.losses[0], "loss_last": fit.losses[-1], "seconds": round(fit.seconds, 1)}
+    return attack_success_rate(pre_fresh.hits, post.hits, plan.base_fresh.hits), summary, post
 
 
 def prefix_walkthrough(erased: ModelBundle, judge: JudgeNet, world: World, family: str, prompt: str,
@@ -153,15 +197,15 @@ def inversion_prompts(world: World, family: str, cfg: AttackParams) -> list[str]
 
 
 def inversion_asr(
-    erased: ModelBundle, judge: JudgeNet, world: World, family: str, latents: torch.Tensor, word: str,
+    erased: ModelBundle, judge: JudgeNet, world: World, family: str, latents: torch.Tensor, word: str, start: str,
     templates: Sequence[str], seeds: Sequence[int], base_hits: np.ndarray, cfg: InversionConfig,
     sampler: SampleParams,
 ) -> tuple[AsrResult, dict, dict[str, Judged]]:
-    """Concept inversion against the erased model on the base model's images `latents` (N, C, h, w), then
-    generation with the learned token in each template x seed; the same items with `word` in the slot are
-    the pre-attack prompts. Returns (ASR, summary of the learned token, images {pre, post})."""
+    """Concept inversion from `start` against the erased model on the base model's images `latents` (N, C, h, w),
+    then generation with the learned token in each template x seed; the same items with `word` in the slot are the
+    pre-attack prompts. Returns (ASR, summary of the learned token, images {pre, post})."""
     items = [t for t in templates for _ in range(len(seeds) // len(templates))]
-    result = invert_concept(erased, latents, dataclasses.replace(cfg, templates=list(templates)))
+    result = invert_concept(erased, latents, dataclasses.replace(cfg, templates=list(templates)), start)
     pre = draw_judged(erased, judge, world, family, [fill(t, word) for t in items], seeds, sampler)
     post = judge_family(judge, world, family, sample_with_embedding(erased, items, result.embedding, seeds, sampler))
     asr = attack_success_rate(pre.hits, post.hits, base_hits)
@@ -170,75 +214,113 @@ def inversion_asr(
     return asr, summary, {"pre": pre, "post": post}
 
 
+def strongest(results: dict[str, AsrResult]) -> str:
+    """The start whose ASR is highest (the first of equals; a start with nothing to attack never wins)."""
+    return max(results, key=lambda k: -1.0 if results[k].asr is None else results[k].asr)
+
+
+def ringabell_search(text: TextEncoder, pairs: Pairs, cfg: AttackParams) -> list[RingABellResult]:
+    """Ring-A-Bell on each attacked prompt of the family, with the ORIGINAL encoder `text` only: the concept direction
+    from the family's pairs (target prompts against their anchor prompts), then one genetic search per prompt
+    (generator cfg.ringabell.seed + i for prompt i). The same prompts serve every model of the family."""
+    prompts = [pairs.target_prompts[i] for i in attacked_prompts(pairs, cfg.prompts, cfg.seed)]
+    direction = concept_direction(text, pairs.target_prompts, pairs.anchor_prompts)  # (L, D)
+    candidates = candidate_ids(text, cfg.ringabell.vocabulary)
+    return [ring_a_bell(text, p, direction, cfg.ringabell, torch.Generator().manual_seed(cfg.ringabell.seed + i),
+                        candidates=candidates) for i, p in enumerate(prompts)]
+
+
 @dataclass(frozen=True)
 class AttackPlan:
     """What is attacked in one family, the same for every method: prompts, seeds, targets and base verdicts."""
 
     family: str
     prompts: list[str]  # attacked training prompts
-    seeds: list[int]  # one per prompt
+    seeds: list[int]  # one per prompt: the prefix attack's own
     latents: list[torch.Tensor]  # per prompt (n_i, C, h, w): the base model's images of it
-    all_latents: torch.Tensor  # (N, C, h, w) every base image of the family's training prompts (inversion)
+    all_latents: torch.Tensor  # (N, C, h, w) every base image of the family's training prompts (inversion, context)
     base: Judged  # the base model on (prompt, seed)
-    init: str  # the inversion's initializer: a one-token word, or "random"
-    word: str  # what fills the inversion templates before the attack: the initializer word, or the family name
+    fresh_seeds: list[int]  # attack.images per prompt, prompt by prompt, none of them an attack's own
+    base_fresh: Judged  # the base model on (prompt, fresh seed)
+    ringabell: list[str]  # one Ring-A-Bell prompt per attacked prompt, found with the base model's encoder only
+    starts: list[str]  # the inversion's starts: one-token words, or "random"
+    word: str  # what fills the inversion templates before the attack: the family's word, or its name
     templates: list[str]  # inversion templates
     inversion_seeds: list[int]  # one per inversion item (templates x images)
     inversion_base: Judged  # the base model on the inversion items with `word`
 
 
 def plan_attacks(base: ModelBundle, judge: JudgeNet, world: World, pairs: Pairs, samples: dict[str, np.ndarray],
-                 cfg: AttackParams, sampler: SampleParams) -> AttackPlan:
-    """Choose the prompts and seeds, encode their base images and judge the base model on them."""
+                 cfg: AttackParams, sampler: SampleParams, ringabell: list[str]) -> AttackPlan:
+    """Choose the prompts and seeds, encode their base images and judge the base model on every item; `ringabell`
+    are the family's Ring-A-Bell prompts, one per attacked prompt (`ringabell_search`, run once per family)."""
     family = pairs.family
     ids = attacked_prompts(pairs, cfg.prompts, cfg.seed)
     prompts = [pairs.target_prompts[i] for i in ids]
     seeds = [cfg.seed + k for k in range(len(ids))]
+    fresh = [cfg.seed + FRESH_SEED + k for k in range(len(ids) * cfg.images)]
     all_latents = encode_images(base.codec, samples["target_images"], base.device, base.dtype)  # (N, C, h, w)
     index = np.asarray(samples["target_index"])
     latents = [all_latents[torch.from_numpy(np.flatnonzero(index == i))] for i in ids]
     if any(len(x) == 0 for x in latents):
         raise ValueError(f"the anchors folder of {family!r} has no base images for some attacked prompts")
-    init = concept_init(base.text, family) if cfg.inversion.init_token == CONCEPT_INIT else cfg.inversion.init_token
-    shown = family if init == RANDOM_INIT else init  # the pre-attack prompts name the family
+    own = concept_init(base.text, family)  # the family's one-token word, or "random"
+    starts = list(dict.fromkeys(own if s == CONCEPT_INIT else s for s in cfg.inversion.starts))
+    shown = family if own == RANDOM_INIT else own  # the pre-attack prompts name the family
     templates = inversion_prompts(world, family, cfg)
     inv_seeds = [cfg.seed + 10_000 + k for k in range(len(templates) * cfg.inversion_images)]
     items = [t for t in templates for _ in range(cfg.inversion_images)]
+    if len(ringabell) != len(prompts):
+        raise ValueError(f"{len(ringabell)} Ring-A-Bell prompts for {len(prompts)} attacked prompts: search them again")
     return AttackPlan(
         family=family, prompts=prompts, seeds=seeds, latents=latents, all_latents=all_latents,
-        base=draw_judged(base, judge, world, family, prompts, seeds, sampler), init=init, word=shown,
-        templates=templates, inversion_seeds=inv_seeds,
+        base=draw_judged(base, judge, world, family, prompts, seeds, sampler), fresh_seeds=fresh,
+        base_fresh=draw_judged(base, judge, world, family, *fresh_items(prompts, fresh), sampler), ringabell=ringabell,
+        starts=starts, word=shown, templates=templates, inversion_seeds=inv_seeds,
         inversion_base=draw_judged(base, judge, world, family, [fill(t, shown) for t in items], inv_seeds, sampler),
     )
 
 
 def attack_row(erased: ModelBundle, judge: JudgeNet, world: World, plan: AttackPlan, cfg: AttackParams,
                sampler: SampleParams, *, progress: bool = True) -> tuple[dict, dict[str, dict[str, Judged]]]:
-    """Both attacks on one erased model: the row (ASRs with intervals, prefix records, inversion summary,
-    seconds) and the images each attack judged."""
-    start = time.perf_counter()
+    """Every attack on one erased model: the row (ASRs with intervals, prefix records, inversion summaries per start,
+    Ring-A-Bell prompts, seconds per attack) and the images each attack judged."""
+    seconds = {}
+    clock = time.perf_counter()
+    pre_fresh = draw_judged(erased, judge, world, plan.family, *fresh_items(plan.prompts, plan.fresh_seeds), sampler)
     prefix_cfg = dataclasses.replace(cfg.prefix, k=prefix_k(cfg, plan.family))
-    p_asr, records, p_img = prefix_asr(erased, judge, world, plan.family, plan.prompts, plan.latents, plan.seeds,
-                                       plan.base.hits, prefix_cfg, sampler, progress=progress)
-    prefix_seconds = time.perf_counter() - start
-    inv_cfg = dataclasses.replace(cfg.inversion, init_token=plan.init)
-    i_asr, summary, i_img = inversion_asr(erased, judge, world, plan.family, plan.all_latents, plan.word,
-                                          plan.templates, plan.inversion_seeds, plan.inversion_base.hits, inv_cfg,
-                                          sampler)
-    row = {"prefix": p_asr.to_dict(), "inversion": i_asr.to_dict(), "prefix_records": records,
-           "inversion_token": summary, "prefix_k": prefix_cfg.k, "prefix_seconds": round(prefix_seconds, 1),
-           "inversion_seconds": round(time.perf_counter() - start - prefix_seconds, 1)}
-    return row, {"prefix": p_img, "inversion": i_img}
+    p_asr, records, p_img = prefix_asr(erased, judge, world, plan, prefix_cfg, sampler, pre_fresh, progress=progress)
+    seconds["prefix"], clock = time.perf_counter() - clock, time.perf_counter()
+    by_start, summaries, i_imgs = {}, {}, {}
+    for start in plan.starts:
+        by_start[start], summaries[start], i_imgs[start] = inversion_asr(
+            erased, judge, world, plan.family, plan.all_latents, plan.word, start, plan.templates,
+            plan.inversion_seeds, plan.inversion_base.hits, cfg.inversion, sampler)
+    best = strongest(by_start)
+    seconds["inversion"], clock = time.perf_counter() - clock, time.perf_counter()
+    r_asr, r_img = ringabell_asr(erased, judge, world, plan, sampler, pre_fresh)
+    seconds["ringabell"], clock = time.perf_counter() - clock, time.perf_counter()
+    c_asr, c_summary, c_img = context_asr(erased, judge, world, plan, cfg.context, sampler, pre_fresh)
+    seconds["context"] = time.perf_counter() - clock
+    row = {"prefix": p_asr.to_dict(), "inversion": by_start[best].to_dict(), "ringabell": r_asr.to_dict(),
+           "context": c_asr.to_dict(), "prefix_records": records, "inversion_start": best,
+           "inversion_token": summaries[best],
+           "inversion_starts": {s: {"asr": by_start[s].asr, **summaries[s]} for s in plan.starts},
+           "context_fit": c_summary, "prefix_k": prefix_cfg.k,
+           **{f"{name}_seconds": round(v, 1) for name, v in seconds.items()}}
+    return row, {"prefix": p_img, "inversion": i_imgs[best], "ringabell": {"post": r_img}, "context": {"post": c_img}}
+
+
+ATTACKS = ("prefix", "inversion", "ringabell", "context")  # the row's attacks, as its columns asr_<attack> name them
 
 
 def flat_row(row: dict) -> dict:
-    """The table's columns of an attack row: pre_asr, asr_prefix, asr_inversion, each with its interval."""
+    """The table's columns of an attack row: pre_asr and asr_<attack> for each attack, each with its interval."""
     out = {}
-    for name, key in (("prefix", "asr_prefix"), ("inversion", "asr_inversion")):
-        r = row[name]
+    for name in ATTACKS:
+        r, key = row[name], f"asr_{name}"
         out |= {key: r["asr"], f"{key}_lo": r["asr_lo"], f"{key}_hi": r["asr_hi"], f"{key}_n": r["n"],
                 f"{key}_nothing": r["nothing_to_attack"]}
     p = row["prefix"]
     out |= {"pre_asr": p["pre_asr"], "pre_asr_lo": p["pre_asr_lo"], "pre_asr_hi": p["pre_asr_hi"]}
     return out
-

@@ -1,14 +1,11 @@
 """The erase stage: one entry point that trains any method on an anchors folder's pairs and samples.
 
-Each method's module is imported when it runs, so a stage that trains one method loads (and, in dvc.yaml,
-depends on) that method's code only."""
+Each method's module is imported when it runs (`cdc.methods.method_module`), so a stage that trains one method
+loads (and, in dvc.yaml, depends on) that method's code only."""
 
 from __future__ import annotations
 
-import dataclasses
-import importlib
 from collections.abc import Sequence
-from types import ModuleType
 
 import numpy as np
 import torch
@@ -16,21 +13,14 @@ import torch
 from cdc.anchors import Pairs
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
-from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig
+from cdc.methods import method_module
+from cdc.methods.config import LoraRunConfig
 from cdc.methods.parallel import SINGLE, Shard
-from cdc.methods.train import StepHook
-from cdc.stages.params import METHODS
+from cdc.methods.train import ErasureData, StepHook
 from cdc.world.captions import canonical_prompt
 from cdc.world.data import World
 
-MethodConfig = DocoConfig | EsdConfig | CaConfig | AdvUnlearnConfig
-
-
-def method_module(method: str) -> ModuleType:
-    """cdc.methods.<method>, the module that trains `method`, imported now (dvc.yaml: the stage's own code dep)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r} (known: {', '.join(METHODS)})")
-    return importlib.import_module(f"cdc.methods.{method}")
+MethodConfig = LoraRunConfig  # every method's Config extends it
 
 
 def retain_set(world: World, family: str, exclude: Sequence[str]) -> tuple[list[str], np.ndarray]:
@@ -61,33 +51,35 @@ def run_method(
     the erased model and the training history.
 
     samples: anchor_images (N, H, W, 3) uint8 drawn from anchor_index (N,) into anchor prompts, and the same
-    for the target prompts (ESD and AdvUnlearn learn from the base model's own images of the concept).
-    retain: AdvUnlearn's regulariser data, prompts and images (`retain_set`).
+    for the target prompts; the sides the method learns from (its `NEEDS`) must be there.
+    retain: prompts and images of other concepts (`retain_set`), for a method that needs "retain".
     shard: this process's rows of each batch when several processes train together (`accelerate launch`).
     on_step: called after each step with (step, the trained tensors), e.g. to snapshot them (`cdc.stages.tradeoff`).
-    The LoRA methods put their LoRA into `bundle.unet` and return `bundle`; AdvUnlearn on the text encoder
+    The UNet methods put their LoRA into `bundle.unet` and return `bundle`; a method that trains the text encoder
     returns a copy of `bundle` with the trained encoder and leaves `bundle` as it was.
     """
-    def to_latents(images: np.ndarray) -> torch.Tensor:
-        return encode_images(bundle.codec, images, bundle.device, bundle.dtype)
-
     module = method_module(method)
-    if method.startswith("advunlearn"):
-        if retain is None:
-            raise ValueError(f"{method} needs its retain set (retain=retain_set(...))")
-        trained, history = module.train_advunlearn(
-            bundle, pairs.target_prompts, to_latents(samples["target_images"]), retain[0], to_latents(retain[1]),
-            cfg, target_index=samples["target_index"].tolist(), progress=progress, shard=shard, on_step=on_step)
-        if trained is bundle.unet:
-            return bundle, history
-        return dataclasses.replace(bundle, text=trained), history
-    if method == "esd":
-        _, history = module.train_esd(bundle, pairs.target_prompts, to_latents(samples["target_images"]), cfg,
-                                      target_index=samples["target_index"].tolist(), progress=progress,
-                                      shard=shard, on_step=on_step)
-    else:  # DoCo and CA train on the anchor side's samples
-        train = module.train_doco if method == "doco" else module.train_ca
-        _, history = train(bundle, pairs.target_prompts, pairs.anchor_prompts, to_latents(samples["anchor_images"]),
-                           cfg, anchor_index=samples["anchor_index"].tolist(), progress=progress, shard=shard,
-                           on_step=on_step)
-    return bundle, history
+    if "retain" in module.NEEDS and retain is None:
+        raise ValueError(f"{method} needs its retain set (retain=retain_set(...))")
+
+    def latents(side: str) -> torch.Tensor | None:
+        images = samples.get(f"{side}_images") if side in module.NEEDS else None
+        return None if images is None else latents_of(bundle, images)
+
+    def index(side: str) -> list[int] | None:
+        found = samples.get(f"{side}_index") if side in module.NEEDS else None
+        return None if found is None else np.asarray(found).tolist()
+
+    data = ErasureData(
+        target_prompts=pairs.target_prompts, anchor_prompts=pairs.anchor_prompts,
+        target_latents=latents("target"), target_index=index("target"),
+        anchor_latents=latents("anchor"), anchor_index=index("anchor"),
+        retain_prompts=None if retain is None else retain[0],
+        retain_latents=None if retain is None or "retain" not in module.NEEDS else latents_of(bundle, retain[1]),
+    )
+    return module.erase(bundle, data, cfg, progress=progress, shard=shard, on_step=on_step)
+
+
+def latents_of(bundle: ModelBundle, images: np.ndarray) -> torch.Tensor:
+    """Images (N, H, W, 3) uint8 in the UNet's latent space (N, C, h, w)."""
+    return encode_images(bundle.codec, images, bundle.device, bundle.dtype)

@@ -44,7 +44,7 @@ def paper_inputs(erase_csv: str | os.PathLike[str], world_json: str | os.PathLik
     }
     for family in grids:
         name = f"erase_grid_{family}.png"
-        inputs[f"figures/{name}"] = Input(generated / name, f"dvc repro evaluate@{family}")
+        inputs[f"figures/{name}"] = Input(generated / name, report)
     return inputs
 
 

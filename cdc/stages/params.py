@@ -20,7 +20,7 @@ from typing import Any, Literal, TypeVar, Union
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
-from cdc.attacks.config import InversionConfig, PrefixAttackConfig
+from cdc.attacks.config import ContextAttackConfig, InversionConfig, PrefixAttackConfig, RingABellConfig
 from cdc.choices import Attention, Precision
 from cdc.config import (
     Checked,
@@ -34,7 +34,8 @@ from cdc.config import (
     check_steps,
 )
 from cdc.errors import ParamsError
-from cdc.methods.config import AdvUnlearnConfig, CaConfig, DocoConfig, EsdConfig, LoraGroup, LoraRunConfig
+from cdc.methods import known_methods, method_module
+from cdc.methods.config import LoraGroup, LoraRunConfig
 
 T = TypeVar("T")
 
@@ -147,6 +148,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """
     if not isinstance(data, Mapping):
         raise ParamsError(f"'{where or '<top level>'}': expected a mapping, got {_describe(data)}")
+    if hasattr(cls, "from_mapping"):  # a section whose keys are not all fixed (erase: one key per method)
+        return cls.from_mapping(data, where)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
@@ -182,8 +185,7 @@ def with_overrides(cfg: T, overrides: str, where: str) -> T:
 # Sections (one per DVC stage, same name as the stage and its notebook)
 
 Style = Literal["twemoji", "openmoji"]
-Method = Literal["doco", "esd", "ca", "advunlearn", "advunlearn_fast"]
-METHODS = typing.get_args(Method)
+Method = str  # a method module of cdc.methods with its section erase.<method> (checked across sections)
 
 
 @dataclass(frozen=True)
@@ -266,22 +268,65 @@ class AnchorsParams(Checked):
     seed: int = bounded(0)  # first sample seed; probe choice too
 
 
+def method_configs(data: Mapping, where: str) -> dict[str, Any]:
+    """Each key of `data` a method (cdc.methods.<key>), its value checked as that method's Config."""
+    configs = {}
+    for name, value in data.items():
+        try:
+            cls = method_module(name).Config
+        except ValueError:
+            raise ParamsError(f"unknown key '{_key(where, name)}': not a method "
+                              f"(known: {', '.join(known_methods())})") from None
+        configs[name] = from_dict(cls, value, _key(where, name))
+    return configs
+
+
 @dataclass(frozen=True)
-class EraseParams(Checked):
-    """One LoRA per (concept family, method); the families are the DVC matrix of erase and evaluate."""
+class MethodSections:
+    """A section holding one key per method, erase.<method>, each that method module's Config; read them as
+    attributes (`params.erase.doco`) or with `config(method)`."""
+
+    configs: dict[str, Any]
+
+    def __getattr__(self, name: str) -> Any:
+        """erase.<name>: the method's config."""
+        configs = self.__dict__.get("configs", {})
+        if name in configs:
+            return configs[name]
+        raise AttributeError(f"no section erase.{name} (methods with one: {', '.join(configs)})")
+
+    def config(self, method: str) -> Any:
+        """erase.<method>: the method's config, or ParamsError naming the methods that have one."""
+        if method not in self.configs:
+            raise ParamsError(f"no section 'erase.{method}' (methods with one: {', '.join(self.configs)})")
+        return self.configs[method]
+
+    @classmethod
+    def from_mapping(cls, data: Mapping, where: str) -> MethodSections:
+        """Every key of `data` as a method's section."""
+        return cls(method_configs(data, where))
+
+
+@dataclass(frozen=True)
+class EraseLists(Checked):
+    """The erase section's fixed keys."""
 
     concepts: list[str]  # world families (data/world/families.yaml), as slugs
-    methods: list[Method]
+    methods: list[Method]  # each has its section erase.<method>
     explain: list[str]  # families whose 06_erase notebooks also show each method up close (teaching only)
-    doco: DocoConfig
-    esd: EsdConfig
-    ca: CaConfig
-    advunlearn: AdvUnlearnConfig
-    advunlearn_fast: AdvUnlearnConfig  # fast AT: one sign-gradient inner step
+
+
+@dataclass(frozen=True)
+class EraseParams(MethodSections):
+    """One LoRA per (concept family, method); the families and methods are the DVC matrix of erase, evaluate and
+    attack. Besides the lists, one key per method: erase.<method>, that method module's Config."""
+
+    concepts: list[str]
+    methods: list[Method]
+    explain: list[str]
 
     def __post_init__(self) -> None:
-        """Non-empty lists without repeats."""
-        super().__post_init__()
+        """Non-empty lists without repeats; every listed method has its section."""
         check_names("concepts", self.concepts)
         check_names("methods", self.methods)
         bad = [c for c in self.concepts if not c or c != c.strip() or " " in c]
@@ -290,7 +335,22 @@ class EraseParams(Checked):
         unknown = [c for c in self.explain if c not in self.concepts]
         if unknown:
             raise ValueError(f"'erase.explain': {unknown[0]!r} is not in erase.concepts ({', '.join(self.concepts)})")
+        if missing := [m for m in self.methods if m not in self.configs]:
+            known = known_methods()
+            what = f"has no section erase.{missing[0]}" if missing[0] in known else f"is not a method (known: " \
+                f"{', '.join(known)})"
+            raise ValueError(f"methods lists {missing[0]!r}, which {what}")
 
+    @classmethod
+    def from_mapping(cls, data: Mapping, where: str) -> EraseParams:
+        """The lists (EraseLists), then every other key as a method's section."""
+        fixed = [f.name for f in dataclasses.fields(EraseLists)]
+        lists = from_dict(EraseLists, {k: v for k, v in data.items() if k in fixed}, where)
+        configs = method_configs({k: v for k, v in data.items() if k not in fixed}, where)
+        try:
+            return cls(configs=configs, **{k: getattr(lists, k) for k in fixed})
+        except ValueError as exc:
+            raise ParamsError(f"'{where}': {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -301,10 +361,13 @@ class AttackParams(Checked):
     seed: int = bounded(0)  # prompt choice; image i of an attack is drawn with seed + i
     harmful: list[str]  # families attacked with harmful_k prefix tokens (the released k for nudity)
     harmful_k: int = bounded(1)
+    images: int = bounded(1)  # fresh seeds per attacked prompt (prefix, Ring-A-Bell), none of them the attack's own
     prefix: PrefixAttackConfig  # the discrete prefix attack (UnlearnDiffAtk)
-    inversion: InversionConfig  # concept inversion (CCE); init_token "concept": the family's own word
+    inversion: InversionConfig  # concept inversion (CCE); start "concept": the family's own word
     style_templates: list[str]  # inversion templates for a style family (the object prompts name no style)
     inversion_images: int = bounded(1)  # seeds per inversion template at generation
+    ringabell: RingABellConfig  # the black-box search over tokens (Ring-A-Bell), with the original encoder only
+    context: ContextAttackConfig  # the white-box upper bound: a free context fitted through the erased UNet
 
     def __post_init__(self) -> None:
         """Every style template has the {} slot the learned word fills."""
@@ -464,6 +527,11 @@ class Params:
         families only (`cdc sweep` narrows paper.grids with erase.concepts). Which families the ablate and
         transfer stages use is not tied to erase.concepts: their stages need those families' anchors and the
         report needs their erase rows, and both say so."""
+        for field in ("transfer.methods", "tradeoff.methods", "relearn.methods", "multi.methods"):
+            section, key = field.split(".")
+            if missing := [m for m in getattr(getattr(self, section), key) if m not in self.erase.configs]:
+                raise ParamsError(f"'{field}': {missing[0]!r} has no section erase.{missing[0]} "
+                                  f"(methods with one: {', '.join(self.erase.configs)})")
         for name, arm in self.ablate.arms.items():
             arm_config(self.erase, arm, f"ablate.arms.{name}")
         if self.tradeoff.validation_seed in (self.sample.seed, self.evaluate.seed):
@@ -476,7 +544,7 @@ class Params:
             raise ParamsError("'transfer.pretrain' is empty: the second UNet must differ from the first")
         if with_overrides(self.pretrain, transfer.pretrain, "transfer.pretrain") == self.pretrain:
             raise ParamsError("'transfer.pretrain' changes nothing: the second UNet would be the first")
-        modules = {m: getattr(getattr(self.erase, m), "module", "unet") for m in transfer.methods}
+        modules = {m: getattr(self.erase.config(m), "module", "unet") for m in transfer.methods}
         if text_encoder := [m for m, module in modules.items() if module != "text_encoder"]:
             raise ParamsError(f"'transfer.methods': {text_encoder[0]!r} does not train the text encoder, so there "
                               "is nothing to carry to another UNet")
@@ -485,15 +553,18 @@ class Params:
 def arm_config(erase: EraseParams, arm: ArmParams, where: str = "ablate.arm") -> Any:
     """The method config an ablation arm trains with: erase.<method> with the arm's overrides (an arm that changes
     the anchor may change nothing else)."""
+    if arm.method not in erase.configs:
+        raise ParamsError(f"'{where}.method': {arm.method!r} has no section erase.{arm.method} "
+                          f"(methods with one: {', '.join(erase.configs)})")
+    reference = erase.config(arm.method)
     if arm.anchor is not None:
-        if arm.method not in ("doco", "ca"):
-            raise ParamsError(f"'{where}.anchor': {arm.method} learns from no anchor (only doco and ca do)")
-        return with_overrides(getattr(erase, arm.method), arm.set, f"{where}.set") if arm.set.strip() \
-            else getattr(erase, arm.method)
+        if "anchor" not in method_module(arm.method).NEEDS:
+            raise ParamsError(f"'{where}.anchor': {arm.method} learns from no anchor samples")
+        return with_overrides(reference, arm.set, f"{where}.set") if arm.set.strip() else reference
     if not arm.set.strip():
         raise ParamsError(f"'{where}.set' is empty: an arm must change something (the method's own row is the "
                           "reference)")
-    return with_overrides(getattr(erase, arm.method), arm.set, f"{where}.set")
+    return with_overrides(reference, arm.set, f"{where}.set")
 
 
 # The world's concept families; a params file's family names are checked against it when it exists.

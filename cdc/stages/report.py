@@ -5,8 +5,10 @@ from __future__ import annotations
 from math import nan
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
+from cdc.grid import make_grid
 from cdc.io import load_json, save_text
 from cdc.stages.params import AblateParams, MultiParams, RelearnParams, ReportParams, TradeoffParams, TransferParams
 from cdc.targets import RATES, clear_misses, interval, misses, returned_at
@@ -14,7 +16,8 @@ from cdc.targets import RATES, clear_misses, interval, misses, returned_at
 # seconds, peak_mem_mb and hardware: the erase stage's record of the run (`<erase_dir>/<concept>/<method>.json`)
 COLUMNS = ["concept", "method", "in_set", "out_of_set", "retain_all", "retain_neighbors", "world_fid",
            "seconds", "peak_mem_mb", "hardware", *(f"{r}_n" for r in RATES)]
-ATTACKS = {"asr_prefix": "prefix attack", "asr_inversion": "concept inversion"}
+ATTACKS = {"asr_prefix": "prefix attack", "asr_inversion": "concept inversion", "asr_ringabell": "Ring-A-Bell",
+           "asr_context": "context (upper bound)"}
 # The attack stage's columns (cdc.stages.attack.flat_row): each ASR with its interval and counts, and the pre-attack
 # rate.
 ATTACK_COLUMNS = [f"{a}{s}" for a in ATTACKS for s in ("", "_lo", "_hi", "_n", "_nothing")] + [
@@ -24,34 +27,39 @@ ATTACK_COLUMNS = [f"{a}{s}" for a in ATTACKS for s in ("", "_lo", "_hi", "_n", "
 def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, erase_dir: str | Path,
                 targets: ReportParams, attack_dir: str | Path) -> pd.DataFrame:
     """One row per (concept, method) plus a `base` row per concept; utility also relative to base; the attack
-    stage's success rates beside them.
+    stage's success rates beside them. Each row is the evaluate and attack stages' `<dir>/<concept>/<method>.json`.
 
     Each rate gets a Wilson interval (`<rate>_lo`, `<rate>_hi`) over its judged images, and each erased row
     the targets it misses (`missed`) and those of them its interval excludes (`missed_clearly`).
     """
     rows = []
     for concept in concepts:
-        path = Path(eval_dir) / f"{concept}.json"
-        if not path.exists():
-            raise FileNotFoundError(f"no evaluation for {concept!r} at {path}: run `dvc repro evaluate`")
-        attacked = Path(attack_dir) / f"{concept}.json"
-        if not attacked.exists():
-            raise FileNotFoundError(f"no attack results for {concept!r} at {attacked}: run `dvc repro attack`")
-        asr = {r["method"]: {k: r[k] for k in ATTACK_COLUMNS} for r in load_json(attacked)}
-        for row in load_json(path):
-            run = Path(erase_dir) / concept / f"{row['method']}.json"
-            if row["method"] not in asr:
-                raise ValueError(f"{attacked} has no row for method {row['method']!r}: run `dvc repro attack`")
-            rows.append(row | (load_json(run) if run.exists() else {}) | asr[row["method"]])
+        for method in ["base", *methods]:
+            row = {}
+            for folder, stage in ((eval_dir, "evaluate"), (attack_dir, "attack")):
+                path = Path(folder) / concept / f"{method}.json"
+                if not path.exists():
+                    name = f"{stage}_base@{concept}" if method == "base" else f"{stage}@{concept}-{method}"
+                    raise FileNotFoundError(f"no {stage} row for {concept} {method} at {path}: run `dvc repro {name}`")
+                found = load_json(path)
+                row |= found if stage == "evaluate" else {k: found[k] for k in ATTACK_COLUMNS}
+            run = Path(erase_dir) / concept / f"{method}.json"
+            rows.append(row | (load_json(run) if run.exists() else {}))
     table = pd.DataFrame(rows).reindex(columns=COLUMNS + ATTACK_COLUMNS)
-    missing = {(c, m) for c in concepts for m in ["base", *methods]} - set(zip(table.concept, table.method))
-    if missing:
-        raise ValueError(f"evaluations are missing rows for {sorted(missing)}")
     uncounted = table[table[[f"{r}_n" for r in RATES]].isna().any(axis=1)]
     if len(uncounted):
         raise ValueError(f"evaluations without image counts for {sorted(set(uncounted.concept))}: "
                          "they predate the counts, run `dvc repro evaluate`")
     return annotate(table, table[table.method == "base"].set_index("concept"), targets)
+
+
+def family_grid(eval_dir: str | Path, concept: str, methods: list[str]) -> np.ndarray:
+    """The family's before/after grid: the evaluate stage's strip of each row (base first), one row of images each
+    (in-set prompts left, out-of-set right), labelled with the judge's verdicts; uint8 (H, W, 3)."""
+    strips = [np.load(Path(eval_dir) / concept / f"{m}.npz") for m in ["base", *methods]]
+    cells = np.concatenate([s["images"] for s in strips])
+    labels = [str(label) for s in strips for label in s["labels"]]
+    return make_grid(cells, ncols=len(strips[0]["images"]), labels=labels, scale=3)
 
 
 def annotate(table: pd.DataFrame, base: pd.DataFrame, targets: ReportParams) -> pd.DataFrame:
@@ -433,7 +441,7 @@ def _cells(r: pd.Series) -> list[str]:
 
 MD_HEAD = ["in-set ↓", "out-of-set ↓", *(f"ASR {v} ↓" for v in ATTACKS.values()), "neighbours ↑", "retain ↑",
            "world-FID ↓", "seconds", "targets missed"]
-MD_ALIGN = [*["--:"] * 8, "---"]  # numbers right-aligned
+MD_ALIGN = [*["--:"] * (len(MD_HEAD) - 1), "---"]  # numbers right-aligned
 
 
 def _md_rows(head: list[str], rows: list[list[str]], n_text: int | None = None) -> str:
@@ -453,9 +461,10 @@ def markdown_table(table: pd.DataFrame, targets: ReportParams) -> str:
             f"{targets.in_set_max:g}, out-of-set <= {targets.out_of_set_max:g}, neighbours >= {targets.neighbors_min:g}"
             f" x base, retain (other concepts) >= {targets.retain_all_min:g} x base; * marks a miss within sampling"
             " noise (the interval reaches the target). World-FID is measured on fewer images per row than in the"
-            " world table, so compare it within this table. Seconds: one erase on the machine that ran it. ASR: share"
-            " of attacked training prompts drawn as the family without attack or once attacked (08_attack), one image"
-            " per prompt; concept inversion is scored on its own prompts with the learned word.\n")
+            " world table, so compare it within this table. Seconds: one erase on the machine that ran it. ASR"
+            " (08_attack): share of the attacked training prompts' fresh images drawn as the family without attack or"
+            " under it; concept inversion (its strongest start) is scored on its own prompts with the learned word, and"
+            " the context attack is the white-box upper bound on every text-side attack.\n")
     return body + note
 
 
@@ -505,8 +514,8 @@ def sync_block(text: str, name: str, block: str) -> str:
 # The repository map of the README: (path, what it holds); a cdc part's line count is added from the tree.
 LAYOUT = [
     ("cdc/", "the library core: model bundle, text encoders, sampler, codec, judge, world, LoRA and encoder files"),
-    ("cdc/methods/", "DoCo, ESD, CA, AdvUnlearn: training loops on a model bundle, no I/O"),
-    ("cdc/attacks/", "the prefix attack (UnlearnDiffAtk), concept inversion (CCE), attack success rate"),
+    ("cdc/methods/", "DoCo, ESD, CA, AdvUnlearn, RDC (ours): training loops on a model bundle, no I/O"),
+    ("cdc/attacks/", "prefix attack, concept inversion, Ring-A-Bell, context attack, attack success rate"),
     ("cdc/stages/", "what the DVC stages run: the params schema, the notebook runner, each stage's code"),
     ("cdc/cli/", "the `cdc` command: generate, judge, erase, evaluate, attack, sweep"),
     ("notebooks/", "one per stage, `NN_<stage>.ipynb` = DVC stage `<stage>` = params.yaml section `<stage>`"),
