@@ -11,6 +11,8 @@ Four variants run through the project's own code, with the same LoRA group and r
   doco-full    `train_doco` with no warm-up: generator + discriminator + gradient surgery
   plain-2b     the plain step on 2B rows, as many rows as a full DoCo step trains on
   frozen-b     the frozen model's no-grad forward on B rows, which a full DoCo step adds to its 2B rows
+  rdc-full     `train_rdc` (robust domain correction, ours) with no warm-up, params.yaml's `erase.rdc` adversary
+               knobs on the same LoRA and batch; the issue's aim: at most 3x a DoCo step
 
 Each timed run adds a fresh LoRA, runs `--burn-in` untimed steps and then `--steps` timed ones;
 runs are interleaved (ABCD DCBA ABCD ...) over `--repeats` rounds so slow drift of the machine hits every
@@ -51,22 +53,25 @@ from cdc.codec import SpaceToDepthCodec
 from cdc.io import save_json
 from cdc.lora import GROUPS, add_lora, base_model, lora_parameters, remove_lora, tuner_layers
 from cdc.losses import mse, noisy_latents, target_for, unet_pred
-from cdc.methods.doco import DocoConfig
 from cdc.methods.doco import train_doco
+from cdc.methods.domain import DocoConfig
+from cdc.methods.rdc import RdcConfig, train_rdc
 from cdc.methods.surgery import MODES, clip_grads
-from cdc.methods.train import apply_step, grads_of, make_generator, make_optimizer, paired_data
+from cdc.methods.train import ErasureData, apply_step, grads_of, make_generator, make_optimizer, paired_data
 from cdc.stages.params import Params, load_params
 from cdc.stages.pretrain import world_unet_from_params
 from cdc.text import MiniLMEncoder
 
-VARIANTS = ("plain", "doco-warmup", "doco-full", "plain-2b", "frozen-b")
+VARIANTS = ("plain", "doco-warmup", "doco-full", "plain-2b", "frozen-b", "rdc-full")
 LABELS = {
     "plain": "plain LoRA step",
     "plain-2b": "plain LoRA step, 2B rows",
     "doco-warmup": "DoCo warm-up (D only)",
     "doco-full": "DoCo full (G+D+surgery)",
     "frozen-b": "frozen forward, B rows",
+    "rdc-full": "RDC full (adversaries+G+D)",
 }
+TARGET_RDC_RATIO = 3.0  # the aim: an RDC step costs at most 3 DoCo steps
 TARGET_RATIO = 1.2  # the aim: a DoCo step costs at most 1.2 plain LoRA steps on the same 2B rows
 TARGET_ERASE_SECONDS = 45.0  # the aim: one DoCo erase on the world in <= 45 s on 2 CPU cores
 TEMPLATES = ("{}", "an emoji of {}", "{} icon", "a picture of {}")
@@ -216,7 +221,24 @@ def time_frozen(bundle, latents, targets, cfg: DocoConfig, total: int) -> list[f
         remove_lora(unet)
 
 
-def run_variant(name: str, bundle, latents, targets, anchors, cfg: DocoConfig, total: int) -> list[float]:
+def time_rdc(bundle, latents, targets, anchors, cfg: RdcConfig, total: int) -> list[float]:
+    """Seconds of each of `total` train_rdc steps (no warm-up), from its history clock; the target samples are the
+    same latents as the anchor side (a step's cost does not depend on their content)."""
+    run = dataclasses.replace(cfg, steps=total, warmup_steps=0, log_every=1)
+    index = list(range(latents.shape[0]))
+    data = ErasureData(targets, anchors, latents, index, latents, index)
+    try:
+        _, history = train_rdc(bundle, data, run, progress=False)
+    finally:
+        remove_lora(bundle.unet)
+    clock = [row["seconds"] for row in history]
+    return [b - a for a, b in zip([0.0, *clock[:-1]], clock)]
+
+
+def run_variant(name: str, bundle, latents, targets, anchors, cfg: DocoConfig, total: int,
+                rdc: RdcConfig | None = None) -> list[float]:
+    if name == "rdc-full":
+        return time_rdc(bundle, latents, targets, anchors, rdc, total)
     if name == "frozen-b":
         return time_frozen(bundle, latents, targets, cfg, total)
     if name.startswith("plain"):
@@ -295,6 +317,10 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
     device = torch.device(args.device)
     params = load_params(args.params)
     cfg = run_config(args, params.erase.doco)
+    # RDC on the same LoRA, batch and DoCo knobs as the timed DoCo run, with its own adversary knobs
+    doco_fields = {f.name for f in dataclasses.fields(DocoConfig)}
+    shared = {k: v for k, v in dataclasses.asdict(cfg).items() if k in doco_fields}
+    rdc = dataclasses.replace(params.erase.rdc, **shared)
     bundle, label, kind = load_model(args, params)
     latents, targets, anchors = fixed_data(bundle, cfg.batch_size, cfg.seed)
     total = args.burn_in + args.steps
@@ -314,7 +340,7 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
         for name in order:
             _sync(device)
             _reset_peak(device)
-            step_times = run_variant(name, bundle, latents, targets, anchors, cfg, total)[args.burn_in :]
+            step_times = run_variant(name, bundle, latents, targets, anchors, cfg, total, rdc)[args.burn_in :]
             _sync(device)
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _peak_rss_mb()
             peaks[name] = max(peaks[name], peak)
@@ -328,6 +354,7 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
     ratio_2b = results["doco-full"]["median_s"] / results["plain-2b"]["median_s"]
     floor_2b = 1 + results["frozen-b"]["median_s"] / results["plain-2b"]["median_s"]
     per_round = [statistics.median(f) / statistics.median(p) for f, p in zip(rounds["doco-full"], rounds["plain"])]
+    ratio_rdc = results["rdc-full"]["median_s"] / results["doco-full"]["median_s"]
 
     mem = "peak GPU MiB" if device.type == "cuda" else "peak RSS MiB"
     log("")
@@ -349,6 +376,9 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
         f"doco_step / plain_step (B rows) = {ratio:.2f}x (per round {', '.join(f'{x:.2f}' for x in per_round)}); "
         f"warm-up step / plain step = {ratio_warmup:.2f}x"
     )
+    log(f"rdc_step / doco_step = {ratio_rdc:.2f}x ({'meets' if ratio_rdc <= TARGET_RDC_RATIO else 'MISSES'} the "
+        f"<= {TARGET_RDC_RATIO:g}x aim; attack_steps {rdc.attack_steps}, inversion every {rdc.invert_every} steps, "
+        f"relearn weight {rdc.relearn_weight:g})")
     if kind != "model":
         log("NOTE: random weights: timings only; report the ones measured on the trained data/models/world.")
 
@@ -378,6 +408,8 @@ def _run(args: argparse.Namespace, log) -> dict[str, Any]:
         "floor_vs_plain_2b": floor_2b,
         "target_ratio_vs_plain_2b": TARGET_RATIO,
         "meets_target": ratio_2b <= TARGET_RATIO,
+        "ratio_rdc_vs_doco": ratio_rdc,
+        "target_rdc_ratio": TARGET_RDC_RATIO,
         "full_erase": full,
         "torch": torch.__version__,
         "python": platform.python_version(),

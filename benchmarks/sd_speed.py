@@ -44,9 +44,8 @@ from cdc.bundle import ModelBundle
 from cdc.codec import VaeCodec
 from cdc.io import save_json
 from cdc.lora import remove_lora
-from cdc.methods.advunlearn import train_advunlearn
+from cdc.methods.advunlearn import AdvUnlearnConfig, train_advunlearn
 from cdc.methods.ca import train_ca
-from cdc.methods.advunlearn import AdvUnlearnConfig
 from cdc.methods.doco import train_doco
 from cdc.methods.esd import train_esd
 from cdc.sampler import sample

@@ -59,6 +59,7 @@ def test_erase_speed_prints_the_ratio_and_writes_json(erase_speed, smoke_params,
     assert result["weights"] == "random-world" and "RANDOM-WEIGHT" in printed and "random N(0,1)" in printed
     assert "ratio doco_step / plain_step_on_2B_rows =" in printed and "full DoCo erase" in printed
     assert math.isfinite(result["ratio"]) and result["ratio"] > 0
+    assert "rdc_step / doco_step =" in printed and result["ratio_rdc_vs_doco"] > 0  # RDC beside DoCo, same run
     # The floor adds the frozen forward to a 2B step, so it is above 1 (the measured ratio is noise at this size).
     assert result["floor_vs_plain_2b"] > 1 and math.isfinite(result["ratio_vs_plain_2b"])
     for name in erase_speed.VARIANTS:

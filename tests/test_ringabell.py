@@ -170,6 +170,7 @@ def test_direction_target_and_sequence_layout(text, direction, candidates):
         set(text.tokenizer("a small church red house", add_special_tokens=False)["input_ids"]))
 
 
+@pytest.mark.slow
 def test_search_descends_below_a_random_population(text, direction, candidates, attacked):
     res = attacked
     assert len(res.objectives) == CFG.generations and len(res.token_ids) == 3  # k = 0: CHURCH's own 3 tokens
@@ -216,6 +217,7 @@ def test_deterministic_for_a_seed(text, direction, candidates):
     assert elite0.objectives[0] == a.objectives[0]  # same random start; later generations may differ
 
 
+@pytest.mark.slow
 def test_revives_a_model_whose_concept_word_was_erased(measured, attacked):
     """The taught model with CHURCH's word read as HOUSE's forgets X; the black-box prompt, found without ever
     seeing that model, draws X again: most of the gap back, and better than every random prompt."""
@@ -228,6 +230,7 @@ def test_revives_a_model_whose_concept_word_was_erased(measured, attacked):
     assert m["attack"] < m["plain"] and m["attack"] < min(m["random"]) and recovered > 0.5
 
 
+@pytest.mark.slow
 def test_does_not_succeed_on_a_model_that_never_knew_the_concept(measured):
     """The same prompt and measure on a model never taught X: no better than random prompts, while on the model
     that knew X it beats them by far (the measure does move here: the plain prompt, read as HOUSE, pushes X away)."""

@@ -242,7 +242,7 @@ class AttackPlan:
     base: Judged  # the base model on (prompt, seed)
     fresh_seeds: list[int]  # attack.images per prompt, prompt by prompt, none of them an attack's own
     base_fresh: Judged  # the base model on (prompt, fresh seed)
-    ringabell: list[str]  # one Ring-A-Bell prompt per attacked prompt, found with the base model's encoder only
+    ringabell: list[str] | None  # one Ring-A-Bell prompt per attacked prompt (base encoder only); None: not run
     starts: list[str]  # the inversion's starts: one-token words, or "random"
     word: str  # what fills the inversion templates before the attack: the family's word, or its name
     templates: list[str]  # inversion templates
@@ -251,9 +251,10 @@ class AttackPlan:
 
 
 def plan_attacks(base: ModelBundle, judge: JudgeNet, world: World, pairs: Pairs, samples: dict[str, np.ndarray],
-                 cfg: AttackParams, sampler: SampleParams, ringabell: list[str]) -> AttackPlan:
+                 cfg: AttackParams, sampler: SampleParams, ringabell: list[str] | None = None) -> AttackPlan:
     """Choose the prompts and seeds, encode their base images and judge the base model on every item; `ringabell`
-    are the family's Ring-A-Bell prompts, one per attacked prompt (`ringabell_search`, run once per family)."""
+    are the family's Ring-A-Bell prompts, one per attacked prompt (`ringabell_search`, run once per family), or None
+    to leave Ring-A-Bell out of the rows."""
     family = pairs.family
     ids = attacked_prompts(pairs, cfg.prompts, cfg.seed)
     prompts = [pairs.target_prompts[i] for i in ids]
@@ -270,7 +271,7 @@ def plan_attacks(base: ModelBundle, judge: JudgeNet, world: World, pairs: Pairs,
     templates = inversion_prompts(world, family, cfg)
     inv_seeds = [cfg.seed + 10_000 + k for k in range(len(templates) * cfg.inversion_images)]
     items = [t for t in templates for _ in range(cfg.inversion_images)]
-    if len(ringabell) != len(prompts):
+    if ringabell is not None and len(ringabell) != len(prompts):
         raise ValueError(f"{len(ringabell)} Ring-A-Bell prompts for {len(prompts)} attacked prompts: search them again")
     return AttackPlan(
         family=family, prompts=prompts, seeds=seeds, latents=latents, all_latents=all_latents,
@@ -298,26 +299,30 @@ def attack_row(erased: ModelBundle, judge: JudgeNet, world: World, plan: AttackP
             plan.inversion_seeds, plan.inversion_base.hits, cfg.inversion, sampler)
     best = strongest(by_start)
     seconds["inversion"], clock = time.perf_counter() - clock, time.perf_counter()
-    r_asr, r_img = ringabell_asr(erased, judge, world, plan, sampler, pre_fresh)
-    seconds["ringabell"], clock = time.perf_counter() - clock, time.perf_counter()
+    if plan.ringabell is not None:
+        r_asr, r_img = ringabell_asr(erased, judge, world, plan, sampler, pre_fresh)
+        seconds["ringabell"], clock = time.perf_counter() - clock, time.perf_counter()
     c_asr, c_summary, c_img = context_asr(erased, judge, world, plan, cfg.context, sampler, pre_fresh)
     seconds["context"] = time.perf_counter() - clock
-    row = {"prefix": p_asr.to_dict(), "inversion": by_start[best].to_dict(), "ringabell": r_asr.to_dict(),
-           "context": c_asr.to_dict(), "prefix_records": records, "inversion_start": best,
+    row = {"prefix": p_asr.to_dict(), "inversion": by_start[best].to_dict(), "context": c_asr.to_dict(),
+           "prefix_records": records, "inversion_start": best,
            "inversion_token": summaries[best],
            "inversion_starts": {s: {"asr": by_start[s].asr, **summaries[s]} for s in plan.starts},
            "context_fit": c_summary, "prefix_k": prefix_cfg.k,
            **{f"{name}_seconds": round(v, 1) for name, v in seconds.items()}}
-    return row, {"prefix": p_img, "inversion": i_imgs[best], "ringabell": {"post": r_img}, "context": {"post": c_img}}
+    images = {"prefix": p_img, "inversion": i_imgs[best], "context": {"post": c_img}}
+    if plan.ringabell is not None:
+        row["ringabell"], images["ringabell"] = r_asr.to_dict(), {"post": r_img}
+    return row, images
 
 
 ATTACKS = ("prefix", "inversion", "ringabell", "context")  # the row's attacks, as its columns asr_<attack> name them
 
 
 def flat_row(row: dict) -> dict:
-    """The table's columns of an attack row: pre_asr and asr_<attack> for each attack, each with its interval."""
+    """The table's columns of an attack row: pre_asr and asr_<attack> for each attack it ran, each with its interval."""
     out = {}
-    for name in ATTACKS:
+    for name in (a for a in ATTACKS if a in row):
         r, key = row[name], f"asr_{name}"
         out |= {key: r["asr"], f"{key}_lo": r["asr_lo"], f"{key}_hi": r["asr_hi"], f"{key}_n": r["n"],
                 f"{key}_nothing": r["nothing_to_attack"]}
