@@ -18,7 +18,7 @@ from cdc.lora import tuner_layers
 from cdc.methods.advunlearn import train_advunlearn
 from cdc.methods.ca import train_ca
 from cdc.stages import attack
-from cdc.stages.attack import AttackPlan, Judged, attacked_prompts, concept_init, fresh_items, prefix_asr
+from cdc.stages.attack import AttackPlan, BaseVerdicts, Judged, attacked_prompts, concept_init, fresh_items, prefix_asr
 from cdc.stages.erase import retain_set, run_method
 from cdc.world.data import World
 
@@ -118,10 +118,10 @@ def plan_for(prompts: list[str], latents: list[torch.Tensor], seeds: list[int], 
              base_fresh: Judged) -> AttackPlan:
     """An attack plan holding what the prefix attack reads: prompts, their latents and own seeds, the base model's
     verdicts on them and on one fresh seed each (seed + 1000)."""
-    empty = Judged(np.zeros((0, 2, 2, 3), np.uint8), np.zeros(0, bool))
+    verdicts = BaseVerdicts(prompts=base.hits, fresh=base_fresh.hits, inversion=np.zeros(0, bool))
     return AttackPlan(family="church", prompts=prompts, seeds=seeds, latents=latents, all_latents=torch.cat(latents),
-                      base=base, fresh_seeds=[s + 1000 for s in seeds], base_fresh=base_fresh, ringabell=prompts,
-                      starts=["random"], word="church", templates=["a {}"], inversion_seeds=[0], inversion_base=empty)
+                      base=verdicts, fresh_seeds=[s + 1000 for s in seeds], ringabell=prompts, starts=["random"],
+                      word="church", templates=["a {}"], inversion_seeds=[0])
 
 
 def test_prefix_asr_attacks_only_what_the_model_does_not_draw(tiny_world_bundle, smoke_params, monkeypatch):
@@ -266,3 +266,30 @@ def test_prefix_walkthrough_shows_every_round(tiny_world_bundle, smoke_params, m
             assert weights == sorted(weights, reverse=True) and 0 <= sum(weights) <= 1 + 1e-6
         assert w["prompt"].endswith("a church") and w["hit"]
         assert w["prompt"].split()[: cfg.k] == [slot[0][0] for slot in w["top"]]  # the argmax tokens, typed
+
+
+def test_rows_reuse_the_base_rows_verdicts(tiny_world_bundle, smoke_params, world, monkeypatch):
+    """The base row judges the base model once; a row planned with its verdicts (through JSON) draws nothing of the
+    base model and attacks the same items; verdicts of another attack section are refused."""
+    drawn = []
+
+    def stub(bundle, judge, world, family, prompts, seeds, sampler):
+        drawn.append(len(prompts))
+        return Judged(np.zeros((len(prompts), 2, 2, 3), np.uint8), np.arange(len(prompts)) % 2 == 0)
+
+    monkeypatch.setattr(attack, "draw_judged", stub)
+    pairs = Pairs("church", [f"{CHURCH} {i}" for i in range(4)], [HOUSE] * 4)
+    samples = {"target_images": np.zeros((4, 32, 32, 3), np.uint8), "target_index": np.arange(4)}
+    cfg = dataclasses.replace(smoke_params.attack, prompts=3, images=2)
+    args = (tiny_world_bundle, None, world, pairs, samples, cfg, smoke_params.sample)
+    base = attack.plan_attacks(*args)
+    assert drawn == [3, 6, len(attack.inversion_prompts(world, "church", cfg)) * cfg.inversion_images]
+    drawn.clear()
+    row = attack.plan_attacks(*args, verdicts=BaseVerdicts.from_dict(base.base.to_dict()))
+    assert drawn == [] and row.prompts == base.prompts and row.fresh_seeds == base.fresh_seeds
+    for field in ("prompts", "fresh", "inversion"):
+        np.testing.assert_array_equal(getattr(row.base, field), getattr(base.base, field))
+    more = dataclasses.replace(cfg, images=3)
+    with pytest.raises(ValueError, match="verdicts on the fresh items are 6, the attack section makes 9"):
+        attack.plan_attacks(tiny_world_bundle, None, world, pairs, samples, more, smoke_params.sample,
+                            verdicts=base.base)

@@ -22,6 +22,8 @@ from cdc.stages.report import (
     matched_markdown,
     matched_summary,
     matched_table,
+    ours_against_rivals,
+    ours_markdown,
     robustness_claim,
     sync,
     sync_block,
@@ -266,6 +268,24 @@ def test_robustness_claim_names_the_half_that_fails(table):
     md = claim_markdown(claim, "esd", TARGETS)
     assert "| church | 0.10 | 0.70 | doco | 1.00 | yes |" in md and ">= 0.95 x base" in md
     assert "nothing to compare" in claim_markdown(robustness_claim(table, "esd", ["ca"], TARGETS), "esd", TARGETS)
+
+
+def test_ours_against_rivals_marks_each_attack(table):
+    # church: esd's ASR 0.1 under every attack, doco's 0.7; fish has nothing to attack; only doco has a run record.
+    ours = ours_against_rivals(table, "esd", ["doco"], TARGETS)
+    church, fish = ours.iloc[0], ours.iloc[1]
+    assert church.erased and church.kept
+    assert church["neighbours x base"] == 0.95 and church["retain x base"] == 1.0
+    assert all(church[f"{v}: no higher"] == "yes" for v in ("prefix attack", "Ring-A-Bell", "context (upper bound)"))
+    assert fish["prefix attack: no higher"] == "nothing to attack" and pd.isna(church["seconds x DoCo"])
+    doco = ours_against_rivals(table, "doco", ["esd"], TARGETS).iloc[0]
+    assert doco["concept inversion: no higher"] == "no" and doco["seconds x DoCo"] == 1.0 and not doco.kept
+    md = ours_markdown(ours, "esd", ["doco"], TARGETS)
+    assert "| church | yes | 0.95 | 1.00 | 0.10 (0.70) |" in md and "nothing to attack" in md
+    assert "0.70 (0.10) ✗" in ours_markdown(ours_against_rivals(table, "doco", ["esd"], TARGETS), "doco", ["esd"],
+                                             TARGETS)
+    assert "nothing to compare" in ours_markdown(ours_against_rivals(table, "esd", ["ca"], TARGETS), "esd", ["ca"],
+                                                 TARGETS)
 
 
 def tradeoff_file(tmp_path: Path, concept: str, esd_reaches: bool) -> None:

@@ -126,7 +126,7 @@ def prefix_asr(
     fresh_hits = post_fresh.hits.reshape(len(prompts), -1)  # (P, images)
     records = []
     for i, prompt in enumerate(prompts):
-        record = {"prompt": prompt, "seed": int(seeds[i]), "base": bool(plan.base.hits[i]), "pre": bool(pre.hits[i]),
+        record = {"prompt": prompt, "seed": int(seeds[i]), "base": bool(plan.base.prompts[i]), "pre": bool(pre.hits[i]),
                   "fresh_hits": int(fresh_hits[i].sum())}
         if i not in results:
             records.append(record | {"post": True, "attacked": False})
@@ -136,7 +136,7 @@ def prefix_asr(
             "post": bool(post_hits[i]), "attacked": True, "adversarial_prompt": result.prompt,
             "tokens": result.tokens, "retokenizes": result.retokenizes, "rounds": result.rounds,
             "loss_first": result.losses[0], "loss_last": result.losses[-1]})
-    asr = attack_success_rate(pre_fresh.hits, post_fresh.hits, plan.base_fresh.hits)
+    asr = attack_success_rate(pre_fresh.hits, post_fresh.hits, plan.base.fresh)
     return asr, records, {"pre": pre, "post": Judged(post_images, post_hits)}
 
 
@@ -152,7 +152,7 @@ def ringabell_asr(erased: ModelBundle, judge: JudgeNet, world: World, plan: Atta
     """The erased model on the plan's Ring-A-Bell prompts (found once per family with the base encoder) x fresh
     seeds; returns (ASR, the images)."""
     post = draw_judged(erased, judge, world, plan.family, *fresh_items(plan.ringabell, plan.fresh_seeds), sampler)
-    return attack_success_rate(pre_fresh.hits, post.hits, plan.base_fresh.hits), post
+    return attack_success_rate(pre_fresh.hits, post.hits, plan.base.fresh), post
 
 
 def context_asr(erased: ModelBundle, judge: JudgeNet, world: World, plan: AttackPlan, cfg: ContextAttackConfig,
@@ -166,7 +166,7 @@ def context_asr(erased: ModelBundle, judge: JudgeNet, world: World, plan: Attack
     images = sample_with_context(erased, fit.context, list(plan.fresh_seeds), sampler)
     post = judge_family(judge, world, plan.family, images)
     summary = {"loss_first": fit.losses[0], "loss_last": fit.losses[-1], "seconds": round(fit.seconds, 1)}
-    return attack_success_rate(pre_fresh.hits, post.hits, plan.base_fresh.hits), summary, post
+    return attack_success_rate(pre_fresh.hits, post.hits, plan.base.fresh), summary, post
 
 
 def prefix_walkthrough(erased: ModelBundle, judge: JudgeNet, world: World, family: str, prompt: str,
@@ -231,6 +231,25 @@ def ringabell_search(text: TextEncoder, pairs: Pairs, cfg: AttackParams) -> list
 
 
 @dataclass(frozen=True)
+class BaseVerdicts:
+    """The judge's verdicts on the base model's images of a family's attack items, computed once (in the base row)
+    and read by every erased model's row."""
+
+    prompts: np.ndarray  # (P,) bool: each attacked prompt on its own seed
+    fresh: np.ndarray  # (P * attack.images,) bool: each attacked prompt on its fresh seeds
+    inversion: np.ndarray  # (templates * inversion_images,) bool: the inversion items with the family's word
+
+    def to_dict(self) -> dict[str, list[bool]]:
+        """As JSON: one list of booleans per field."""
+        return {k: [bool(h) for h in getattr(self, k)] for k in ("prompts", "fresh", "inversion")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, list[bool]]) -> BaseVerdicts:
+        """From `to_dict`'s form."""
+        return cls(**{k: np.asarray(d[k], dtype=bool) for k in ("prompts", "fresh", "inversion")})
+
+
+@dataclass(frozen=True)
 class AttackPlan:
     """What is attacked in one family, the same for every method: prompts, seeds, targets and base verdicts."""
 
@@ -239,22 +258,22 @@ class AttackPlan:
     seeds: list[int]  # one per prompt: the prefix attack's own
     latents: list[torch.Tensor]  # per prompt (n_i, C, h, w): the base model's images of it
     all_latents: torch.Tensor  # (N, C, h, w) every base image of the family's training prompts (inversion, context)
-    base: Judged  # the base model on (prompt, seed)
+    base: BaseVerdicts  # what the base model draws on every item the rows judge
     fresh_seeds: list[int]  # attack.images per prompt, prompt by prompt, none of them an attack's own
-    base_fresh: Judged  # the base model on (prompt, fresh seed)
     ringabell: list[str] | None  # one Ring-A-Bell prompt per attacked prompt (base encoder only); None: not run
     starts: list[str]  # the inversion's starts: one-token words, or "random"
     word: str  # what fills the inversion templates before the attack: the family's word, or its name
     templates: list[str]  # inversion templates
     inversion_seeds: list[int]  # one per inversion item (templates x images)
-    inversion_base: Judged  # the base model on the inversion items with `word`
 
 
 def plan_attacks(base: ModelBundle, judge: JudgeNet, world: World, pairs: Pairs, samples: dict[str, np.ndarray],
-                 cfg: AttackParams, sampler: SampleParams, ringabell: list[str] | None = None) -> AttackPlan:
+                 cfg: AttackParams, sampler: SampleParams, ringabell: list[str] | None = None,
+                 verdicts: BaseVerdicts | None = None) -> AttackPlan:
     """Choose the prompts and seeds, encode their base images and judge the base model on every item; `ringabell`
     are the family's Ring-A-Bell prompts, one per attacked prompt (`ringabell_search`, run once per family), or None
-    to leave Ring-A-Bell out of the rows."""
+    to leave Ring-A-Bell out of the rows; `verdicts` are the base model's, from the family's base row (None: draw
+    and judge them here)."""
     family = pairs.family
     ids = attacked_prompts(pairs, cfg.prompts, cfg.seed)
     prompts = [pairs.target_prompts[i] for i in ids]
@@ -273,12 +292,19 @@ def plan_attacks(base: ModelBundle, judge: JudgeNet, world: World, pairs: Pairs,
     items = [t for t in templates for _ in range(cfg.inversion_images)]
     if ringabell is not None and len(ringabell) != len(prompts):
         raise ValueError(f"{len(ringabell)} Ring-A-Bell prompts for {len(prompts)} attacked prompts: search them again")
+    if verdicts is None:
+        verdicts = BaseVerdicts(
+            prompts=draw_judged(base, judge, world, family, prompts, seeds, sampler).hits,
+            fresh=draw_judged(base, judge, world, family, *fresh_items(prompts, fresh), sampler).hits,
+            inversion=draw_judged(base, judge, world, family, [fill(t, shown) for t in items], inv_seeds, sampler).hits)
+    sizes = {"prompts": len(prompts), "fresh": len(fresh), "inversion": len(items)}
+    if wrong := [k for k, n in sizes.items() if len(getattr(verdicts, k)) != n]:
+        raise ValueError(f"the base row's verdicts on the {wrong[0]} items are {len(getattr(verdicts, wrong[0]))}, "
+                         f"the attack section makes {sizes[wrong[0]]}: run the family's attack_base stage again")
     return AttackPlan(
-        family=family, prompts=prompts, seeds=seeds, latents=latents, all_latents=all_latents,
-        base=draw_judged(base, judge, world, family, prompts, seeds, sampler), fresh_seeds=fresh,
-        base_fresh=draw_judged(base, judge, world, family, *fresh_items(prompts, fresh), sampler), ringabell=ringabell,
-        starts=starts, word=shown, templates=templates, inversion_seeds=inv_seeds,
-        inversion_base=draw_judged(base, judge, world, family, [fill(t, shown) for t in items], inv_seeds, sampler),
+        family=family, prompts=prompts, seeds=seeds, latents=latents, all_latents=all_latents, base=verdicts,
+        fresh_seeds=fresh, ringabell=ringabell, starts=starts, word=shown, templates=templates,
+        inversion_seeds=inv_seeds,
     )
 
 
@@ -296,7 +322,7 @@ def attack_row(erased: ModelBundle, judge: JudgeNet, world: World, plan: AttackP
     for start in plan.starts:
         by_start[start], summaries[start], i_imgs[start] = inversion_asr(
             erased, judge, world, plan.family, plan.all_latents, plan.word, start, plan.templates,
-            plan.inversion_seeds, plan.inversion_base.hits, cfg.inversion, sampler)
+            plan.inversion_seeds, plan.base.inversion, cfg.inversion, sampler)
     best = strongest(by_start)
     seconds["inversion"], clock = time.perf_counter() - clock, time.perf_counter()
     if plan.ringabell is not None:

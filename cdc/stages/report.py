@@ -357,6 +357,58 @@ def robustness_claim(table: pd.DataFrame, method: str, rivals: list[str], target
     return pd.DataFrame(rows)
 
 
+RIVALS_LOWEST = "rivals' lowest ASR, "  # the column of the rivals' lowest ASR under one attack
+
+
+def ours_against_rivals(table: pd.DataFrame, method: str, rivals: list[str], targets: ReportParams) -> pd.DataFrame:
+    """Our method against the rivals, per family, on the erase table's rows: does it erase (in-set and out-of-set
+    under their targets), keep the neighbours and the other concepts (x base, against the report's targets), is each
+    attack's ASR no higher than the lowest rival's, and what its erasure cost relative to DoCo's on the same
+    machine. Families whose base model never drew the attacked prompts have no ASR ("nothing to attack")."""
+    rows = []
+    for concept, block in table.groupby("concept", sort=False):
+        by = block.set_index("method")
+        if method not in by.index or not set(rivals) <= set(by.index):
+            continue
+        own = by.loc[method]
+        row = {"family": concept,
+               "erased": bool(own.in_set <= targets.in_set_max and own.out_of_set <= targets.out_of_set_max),
+               "neighbours x base": round(float(own.retain_neighbors_vs_base), 2),
+               "retain x base": round(float(own.retain_all_vs_base), 2)}
+        row["kept"] = bool(row["neighbours x base"] >= targets.neighbors_min
+                           and row["retain x base"] >= targets.retain_all_min)
+        for col, name in ATTACKS.items():
+            if bool(own[f"{col}_nothing"]):
+                row[f"ASR {name}"], row[RIVALS_LOWEST + name], row[f"{name}: no higher"] = nan, nan, "nothing to attack"
+                continue
+            best = by.loc[rivals, col].astype(float)
+            row[f"ASR {name}"], row[RIVALS_LOWEST + name] = float(own[col]), float(best.min())
+            row[f"{name}: no higher"] = "yes" if float(own[col]) <= float(best.min()) else "no"
+        doco = by.seconds.get("doco", nan)
+        row["seconds x DoCo"] = round(float(own.seconds) / float(doco), 2) if pd.notna(doco) and doco else nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def ours_markdown(verdict: pd.DataFrame, method: str, rivals: list[str], targets: ReportParams) -> str:
+    """`ours_against_rivals` as markdown: per family, what it keeps and each attack's ASR beside the rivals' lowest."""
+    if verdict.empty:
+        return f"No family has {method} and its rivals in the erase table: nothing to compare.\n"
+    head = ["family", "erased", "nbr. x base", "retain x base",
+            *(f"ASR {v} (rivals' lowest)" for v in ATTACKS.values()), "s x DoCo"]
+    rows = []
+    for _, r in verdict.iterrows():
+        asr = ["nothing to attack" if pd.isna(r[f"ASR {v}"]) else
+               f"{r[f'ASR {v}']:.2f} ({r[RIVALS_LOWEST + v]:.2f})" + ("" if r[f"{v}: no higher"] == "yes" else " ✗")
+               for v in ATTACKS.values()]
+        rows.append([r.family, "yes" if r.erased else "no", f"{r['neighbours x base']:.2f}",
+                     f"{r['retain x base']:.2f}", *asr, "-" if pd.isna(r["seconds x DoCo"]) else f"{r['seconds x DoCo']:.2f}"])
+    return _md_rows(head, rows, n_text=2) + (
+        f"\n{method} per family beside the lowest ASR of {', '.join(rivals)} under each attack (✗: higher than it); "
+        f"kept means neighbours >= {targets.neighbors_min:g} x and retain >= {targets.retain_all_min:g} x base; "
+        "s x DoCo: its erase seconds over DoCo's, both from the erase stage's records.\n")
+
+
 def headline_table(table: pd.DataFrame, relearned: pd.DataFrame, targets: ReportParams) -> pd.DataFrame:
     """One row per method over the families: how many it erases (in-set and out-of-set under their targets), the
     median share of neighbours and retained concepts it keeps (x base), its median ASR under each attack, how many
@@ -560,8 +612,8 @@ def _generated(*names: str) -> dict[str, str]:
 # The generated blocks of each markdown file, relative to the repository root.
 SYNCED = {
     "README.md": _generated("headline-table"),
-    "RESULTS.md": _generated("world-table", "erase-table", "claim-table", "ablate-table", "transfer-table",
-                             "matched-table", "relearn-table", "multi-table"),
+    "RESULTS.md": _generated("world-table", "erase-table", "claim-table", "ours-table", "ablate-table",
+                             "transfer-table", "matched-table", "relearn-table", "multi-table"),
 }
 
 
