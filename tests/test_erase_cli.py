@@ -19,7 +19,7 @@ from cdc.cli.concept import (
 )
 from cdc.cli.main import main
 from cdc.io import load_json
-from cdc.methods import known_methods
+from cdc.methods import known_methods, method_module
 from cdc.stages.params import load_params, read_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,7 +74,7 @@ def test_advunlearn_writes_a_text_encoder_clip_loads(tiny_sd_folder, smoke_param
         assert (trained(ids).last_hidden_state - base(ids).last_hidden_state).abs().max() > 1e-7
 
 
-@pytest.mark.parametrize("method", ["doco", "esd", "ca"])
+@pytest.mark.parametrize("method", ["doco", "esd", "ca", "rdc"])
 def test_erase_writes_a_lora_plain_diffusers_loads(method, tiny_sd_folder, smoke_params_path, templates_file,
                                                    tmp_path, one_thread) -> None:
     from diffusers import StableDiffusionPipeline
@@ -92,7 +92,7 @@ def test_erase_writes_a_lora_plain_diffusers_loads(method, tiny_sd_folder, smoke
     pairs = load_json(out / "pairs.json")
     assert pairs["target_prompts"] == ["a photo of a church", "a church in a field"]
     assert pairs["anchor_prompts"] == ["a photo of a house", "a house in a field"]
-    assert pairs["sampled"] == (["target"] if method == "esd" else ["anchor"])
+    assert pairs["sampled"] == sorted(method_module(method).NEEDS)  # the sides the method trains on
     assert len((out / "history.csv").read_text().splitlines()) == 3  # header + 2 steps
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_sd_folder), local_files_only=True)
