@@ -34,6 +34,7 @@ def paper_inputs(erase_csv: str | os.PathLike[str], world_json: str | os.PathLik
         "data/matched_verdict.csv": Input(generated / "matched_verdict.csv", report),
         "data/relearn.csv": Input(generated / "relearn_table.csv", report),
         "data/multi.csv": Input(generated / "multi_curves.csv", report),
+        "data/ours.csv": Input(generated / "ours_table.csv", report),
         "data/params.yaml": Input(Path(params_path), "nothing: it is the pipeline's configuration, restore it"),
         "data/frozen.yaml": Input(Path(frozen_yaml), "python -m cdc.stages.frozen"),
         "figures/asr_retention.png": Input(generated / "asr_retention.png", report),
