@@ -13,6 +13,7 @@ from cdc.attacks.config import ContextAttackConfig
 from cdc.attacks.context import fit_context, sample_with_context
 from cdc.losses import add_noise, mse, target_for, unet_pred
 from cdc.methods.ca import train_ca
+from cdc.stages.attack import context_budgets
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -91,3 +92,17 @@ def test_context_attack_is_seeded_and_samples(tiny_world_bundle, smoke_params) -
         fit_context(bundle, x, bundle.text.encode(["", ""]), cfg)
     with pytest.raises(ValueError, match=">= 1"):
         ContextAttackConfig(steps=0, lr=0.01, batch_size=2, seed=0)
+
+
+def test_kept_contexts_are_the_shorter_fits(tiny_world_bundle) -> None:
+    """The budget curve's contexts are exactly what a fit of that many steps ends with."""
+    bundle, x = tiny_world_bundle, random_latents(tiny_world_bundle, n=2, seed=1)
+    init = bundle.text.encode([""])
+    cfg = dataclasses.replace(CFG, steps=4)
+    fit = fit_context(bundle, x, init, cfg, keep=[1, 2])
+    assert sorted(fit.kept) == [1, 2]
+    for steps, context in fit.kept.items():
+        assert torch.equal(context, fit_context(bundle, x, init, dataclasses.replace(cfg, steps=steps)).context)
+    with pytest.raises(ValueError, match="between 1 and 4"):
+        fit_context(bundle, x, init, cfg, keep=[5])
+    assert context_budgets(100) == [25, 50, 100] and context_budgets(2) == [1, 2] and context_budgets(1) == [1]

@@ -67,7 +67,7 @@ def generated(tmp_path) -> dict:
              "pretrain_hardware": "a CPU, 2 cores"}
     (metrics / "world.json").write_text(json.dumps(world))
     image = np.full((8, 16, 3), 200, dtype=np.uint8)
-    for name in ("asr_retention.png", "ablate.png", "tradeoff.png", "relearn.png", "multi.png",
+    for name in ("asr_retention.png", "context_budget.png", "ablate.png", "tradeoff.png", "relearn.png", "multi.png",
                  "erase_grid_church.png"):
         save_image(image, gen / name)
     params = read_yaml(REPO / "params.yaml") | {"paper": {"grids": ["church"]}}
@@ -90,7 +90,8 @@ def test_missing_inputs_are_all_named_with_the_command_that_makes_them(tmp_path)
         check_inputs(inputs)
     message = str(info.value)
     for name in ("erase.csv", "ablate_table.csv", "transfer_table.csv", "matched_table.csv", "matched_verdict.csv",
-                 "relearn_table.csv", "multi_curves.csv", "ours_table.csv", "asr_retention.png", "ablate.png",
+                 "relearn_table.csv", "multi_curves.csv", "ours_table.csv", "asr_retention.png",
+                 "context_budget.png", "ablate.png",
                  "tradeoff.png", "relearn.png", "multi.png", "frozen.yaml"):
         assert name in message
     assert "erase_grid_fish.png  (made by `dvc repro report`)" in message

@@ -14,6 +14,7 @@ from cdc.stages.report import (
     ablate_markdown,
     ablate_table,
     claim_markdown,
+    context_budget_curves,
     erase_table,
     headline_markdown,
     headline_table,
@@ -286,6 +287,16 @@ def test_ours_against_rivals_marks_each_attack(table):
                                              TARGETS)
     assert "nothing to compare" in ours_markdown(ours_against_rivals(table, "esd", ["ca"], TARGETS), "esd", ["ca"],
                                                  TARGETS)
+
+
+def test_context_budget_curves_read_every_row(tmp_path):
+    for method, by_steps in (("base", {"25": 1.0, "50": 1.0, "100": 1.0}), ("doco", {"25": 0.2, "50": 0.5, "100": 0.9}),
+                             ("esd", {"25": None, "50": None, "100": None})):  # esd: nothing to attack
+        save_json({"context_fit": {"asr_by_steps": by_steps}}, tmp_path / "church" / f"{method}.json")
+    curves = context_budget_curves(["church"], ["doco", "esd"], tmp_path)
+    assert list(curves.columns) == ["concept", "method", "steps", "asr"]
+    assert curves[curves.method == "doco"].steps.tolist() == [25, 50, 100]
+    assert curves[curves.method == "doco"].asr.tolist() == [0.2, 0.5, 0.9] and "esd" not in set(curves.method)
 
 
 def tradeoff_file(tmp_path: Path, concept: str, esd_reaches: bool) -> None:

@@ -13,7 +13,8 @@ an adaptive attacker's upper bound, not a threat model: no user can type c*.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -33,11 +34,16 @@ class ContextResult:
     context: Tensor  # (1, L, D) float32, on the UNet's device
     losses: list[float]  # denoising loss of every update (that update's batch, noise and t)
     seconds: float
+    kept: dict[int, Tensor] = field(default_factory=dict)  # steps -> the context after that many updates (1, L, D)
 
 
-def fit_context(bundle: ModelBundle, latents: Tensor, init: Tensor, cfg: ContextAttackConfig) -> ContextResult:
+def fit_context(bundle: ModelBundle, latents: Tensor, init: Tensor, cfg: ContextAttackConfig,
+                keep: Sequence[int] = ()) -> ContextResult:
     """Fit a context (1, L, D), from `init`, to the family's images `latents` (N, C, h, w) through `bundle.unet`
-    (its LoRA, if any, applied); nothing of the model changes."""
+    (its LoRA, if any, applied); nothing of the model changes. `keep`: update counts after which a copy of the
+    context is kept, the same context a fit of that many steps ends with (an attack budget curve)."""
+    if bad := [k for k in keep if not 1 <= k <= cfg.steps]:
+        raise ValueError(f"keep: {bad[0]} is not a step count between 1 and {cfg.steps}")
     if latents.ndim != 4 or latents.shape[0] == 0:
         raise ValueError(f"latents must be a non-empty (N, C, h, w) tensor, got {tuple(latents.shape)}")
     if init.ndim != 3 or init.shape[0] != 1:
@@ -47,8 +53,8 @@ def fit_context(bundle: ModelBundle, latents: Tensor, init: Tensor, cfg: Context
     gen = torch.Generator("cpu").manual_seed(cfg.seed)
     context = init.detach().to(device=unet.device, dtype=torch.float32).clone().requires_grad_(True)
     opt = torch.optim.Adam([context], lr=cfg.lr)
-    losses, start = [], time.perf_counter()
-    for _ in range(cfg.steps):
+    losses, kept, start = [], {}, time.perf_counter()
+    for step in range(1, cfg.steps + 1):
         pick = torch.randint(0, x_all.shape[0], (cfg.batch_size,), generator=gen)
         x0 = x_all[pick.to(x_all.device)]  # (B, C, h, w)
         x_t, noise, t = noisy_latents(sched, x0, gen)
@@ -59,7 +65,9 @@ def fit_context(bundle: ModelBundle, latents: Tensor, init: Tensor, cfg: Context
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-    return ContextResult(context.detach(), losses, time.perf_counter() - start)
+        if step in keep:
+            kept[step] = context.detach().clone()
+    return ContextResult(context.detach(), losses, time.perf_counter() - start, kept)
 
 
 def sample_with_context(bundle: ModelBundle, context: Tensor, seeds: list[int], cfg: SampleParams) -> np.ndarray:

@@ -160,14 +160,25 @@ def context_asr(erased: ModelBundle, judge: JudgeNet, world: World, plan: Attack
                 sampler: SampleParams, pre_fresh: Judged) -> tuple[AsrResult, dict, Judged]:
     """The context attack: one context fitted through the erased UNet to every base image of the family's training
     prompts, from the erased encoder's context of the empty prompt, drawn on the fresh seeds. Returns (ASR, summary,
-    the images)."""
+    the images); the summary holds the ASR against the attack's budget (`context_budgets`)."""
     with torch.no_grad():
         init = erased.text.encode([""]).float()  # (1, L, D)
-    fit = fit_context(erased, plan.all_latents, init, cfg)
-    images = sample_with_context(erased, fit.context, list(plan.fresh_seeds), sampler)
-    post = judge_family(judge, world, plan.family, images)
-    summary = {"loss_first": fit.losses[0], "loss_last": fit.losses[-1], "seconds": round(fit.seconds, 1)}
-    return attack_success_rate(pre_fresh.hits, post.hits, plan.base.fresh), summary, post
+    budgets = context_budgets(cfg.steps)
+    fit = fit_context(erased, plan.all_latents, init, cfg, keep=budgets[:-1])
+    by_steps = {}
+    for steps in budgets:
+        context = fit.kept.get(steps, fit.context)
+        post = judge_family(judge, world, plan.family,
+                            sample_with_context(erased, context, list(plan.fresh_seeds), sampler))
+        by_steps[steps] = attack_success_rate(pre_fresh.hits, post.hits, plan.base.fresh)
+    summary = {"loss_first": fit.losses[0], "loss_last": fit.losses[-1], "seconds": round(fit.seconds, 1),
+               "asr_by_steps": {str(k): r.asr for k, r in by_steps.items()}}
+    return by_steps[cfg.steps], summary, post
+
+
+def context_budgets(steps: int) -> list[int]:
+    """The context attack's budgets: a quarter, half and all of its steps (distinct, ascending, the last = steps)."""
+    return sorted({max(1, steps // 4), max(1, steps // 2), steps})
 
 
 def prefix_walkthrough(erased: ModelBundle, judge: JudgeNet, world: World, family: str, prompt: str,

@@ -38,6 +38,7 @@ def paper_inputs(erase_csv: str | os.PathLike[str], world_json: str | os.PathLik
         "data/params.yaml": Input(Path(params_path), "nothing: it is the pipeline's configuration, restore it"),
         "data/frozen.yaml": Input(Path(frozen_yaml), "python -m cdc.stages.frozen"),
         "figures/asr_retention.png": Input(generated / "asr_retention.png", report),
+        "figures/context_budget.png": Input(generated / "context_budget.png", report),
         "figures/ablate.png": Input(generated / "ablate.png", report),
         "figures/tradeoff.png": Input(generated / "tradeoff.png", report),
         "figures/relearn.png": Input(generated / "relearn.png", report),

@@ -53,6 +53,20 @@ def erase_table(concepts: list[str], methods: list[str], eval_dir: str | Path, e
     return annotate(table, table[table.method == "base"].set_index("concept"), targets)
 
 
+def context_budget_curves(concepts: list[str], methods: list[str], attack_dir: str | Path) -> pd.DataFrame:
+    """The context attack's ASR against its budget (update steps), per family and method (base first), from the
+    attack rows' `context_fit.asr_by_steps`; families with nothing to attack have no points."""
+    rows = []
+    for concept in concepts:
+        for method in ["base", *methods]:
+            found = load_json(Path(attack_dir) / concept / f"{method}.json")
+            by_steps = found.get("context_fit", {}).get("asr_by_steps", {})
+            for steps, asr in sorted(by_steps.items(), key=lambda kv: int(kv[0])):  # JSON keys: "100" < "25"
+                if asr is not None:
+                    rows.append({"concept": concept, "method": method, "steps": int(steps), "asr": float(asr)})
+    return pd.DataFrame(rows, columns=["concept", "method", "steps", "asr"])
+
+
 def family_grid(eval_dir: str | Path, concept: str, methods: list[str]) -> np.ndarray:
     """The family's before/after grid: the evaluate stage's strip of each row (base first), one row of images each
     (in-set prompts left, out-of-set right), labelled with the judge's verdicts; uint8 (H, W, 3)."""
