@@ -10,9 +10,9 @@ Each --arm overrides params.yaml's `erase.<method>` sections: `key=value` for ev
 `method.key=value` for one ("" is params.yaml as it is, so it reproduces the committed row of
 data/eval/<concept>.json). Each (arm, method) run trains on the `anchors` stage's samples and is evaluated with
 `cdc.evaluate.erasure_row` (the evaluate stage's prompts, seeds and judge); `--attack` adds the attack stage's
-ASR columns, `--with-base` the base model's row. `--sample "seed=1000" --evaluate "seed=778"` evaluate on a
-validation split (other image seeds, another sample of retained concepts), so a setting is not tuned on the
-test split the paper reports.
+ASR columns but Ring-A-Bell's, `--with-base` the base model's row. `--sample "seed=1000" --evaluate "seed=778"
+--attack-set "seed=900"` evaluate and attack on a validation split (other image seeds, another sample of retained
+concepts, other attacked prompts and seeds), so a setting is not tuned on the test split the paper reports.
 
 `--summary` runs nothing: it applies the adoption rule to `--with-base --json` files, one per concept. An erased
 row meets its concept when it meets the params file's `report` targets but out-of-set (left to the test split);
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     parser.add_argument("--sample", default="", help='sample overrides for the evaluation, e.g. "seed=1000"')
     parser.add_argument("--with-base", action="store_true", help="also evaluate the base model (row method=base)")
     parser.add_argument("--attack", action="store_true", help="also attack each model as the attack stage does")
+    parser.add_argument("--attack-set", default="", help='attack overrides for a validation split, e.g. "seed=900"')
     parser.add_argument("--summary", nargs="+", metavar="FILE", help="apply the adoption rule to these --json files")
     parser.add_argument("--json", help="also write the rows (or the --summary) here")
     args = parser.parse_args(argv)
@@ -132,12 +133,14 @@ def main(argv: list[str] | None = None) -> list[dict] | dict:
     retain = other_concepts(world, cfg.n_retain, cfg.seed)
     print(f"hardware: {hardware()}", flush=True)
     rows = []
-    split = {"sample": args.sample, "evaluate": args.evaluate}  # which evaluation split the row is on
+    # which evaluation split the row is on
+    split = {"sample": args.sample, "evaluate": args.evaluate, "attack": args.attack_set}
     # AdvUnlearn's regulariser never sees the retained concepts
     adv_retain = retain_set(world, pairs.family, retain)
-    plan = plan_attacks(bundle, judge, world, pairs, samples, params.attack, sampler) if args.attack else None
+    attack = with_overrides(params.attack, args.attack_set, "attack")  # its seed picks the prompts and fresh seeds
+    plan = plan_attacks(bundle, judge, world, pairs, samples, attack, sampler) if args.attack else None
     # Every row, base or erased, is judged on the same prompts, seeds and retained concepts.
-    score = scorer(judge, world, pairs, probe, retain, cfg, sampler, params.attack if plan else None, plan)
+    score = scorer(judge, world, pairs, probe, retain, cfg, sampler, attack if plan else None, plan)
     if args.with_base:
         rows.append({"concept": args.concept, "method": "base", "arm": "", **split, **score(bundle)})
         print(json.dumps(rows[-1]), flush=True)
