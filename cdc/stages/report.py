@@ -415,9 +415,9 @@ def ours_markdown(verdict: pd.DataFrame, method: str, rivals: list[str], targets
         asr = ["nothing to attack" if pd.isna(r[f"ASR {v}"]) else
                f"{r[f'ASR {v}']:.2f} ({r[RIVALS_LOWEST + v]:.2f})" + ("" if r[f"{v}: no higher"] == "yes" else " ✗")
                for v in ATTACKS.values()]
-        cost = "-" if pd.isna(r["seconds x DoCo"]) else f"{r['seconds x DoCo']:.2f}"
-        rows.append([r.family, "yes" if r.erased else "no", f"{r['neighbours x base']:.2f}",
-                     f"{r['retain x base']:.2f}", *asr, cost])
+        ratios = ["-" if pd.isna(r[c]) else f"{r[c]:.2f}"
+                  for c in ("neighbours x base", "retain x base", "seconds x DoCo")]
+        rows.append([r.family, "yes" if r.erased else "no", *ratios[:2], *asr, ratios[2]])
     return _md_rows(head, rows, n_text=2) + (
         f"\n{method} per family beside the lowest ASR of {', '.join(rivals)} under each attack (✗: higher than it); "
         f"kept means neighbours >= {targets.neighbors_min:g} x and retain >= {targets.retain_all_min:g} x base; "
