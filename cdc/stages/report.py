@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from math import nan
 from pathlib import Path
 
@@ -347,17 +348,21 @@ def targets_met(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
+def _side_by_side(table: pd.DataFrame, method: str, rivals: list[str]) -> Iterator[tuple[str, pd.DataFrame, pd.Series]]:
+    """(family, its rows by method, `method`'s row) for each family that has `method` and every rival."""
+    for concept, block in table.groupby("concept", sort=False):
+        by = block.set_index("method")
+        if method in by.index and set(rivals) <= set(by.index):
+            yield concept, by, by.loc[method]
+
+
 def robustness_claim(table: pd.DataFrame, method: str, rivals: list[str], targets: ReportParams) -> pd.DataFrame:
     """AdvUnlearn's claim, per family: `method`'s prefix-attack ASR below every rival's while it keeps retain-all
     at least targets.retain_all_min x base. Columns: its ASR, the rivals' lowest (and whose), its retain-all
     relative to base, and whether the claim holds, or which half fails; "nothing to attack" where the base model
     never drew the family on the attacked prompts."""
     rows = []
-    for concept, block in table.groupby("concept", sort=False):
-        by = block.set_index("method")
-        if method not in by.index or not set(rivals) <= set(by.index):
-            continue
-        own = by.loc[method]
+    for concept, by, own in _side_by_side(table, method, rivals):
         if bool(own.asr_prefix_nothing):
             rows.append({"family": concept, "holds": "nothing to attack"})
             continue
@@ -380,11 +385,7 @@ def ours_against_rivals(table: pd.DataFrame, method: str, rivals: list[str], tar
     attack's ASR no higher than the lowest rival's, and what its erasure cost relative to DoCo's on the same
     machine. Families whose base model never drew the attacked prompts have no ASR ("nothing to attack")."""
     rows = []
-    for concept, block in table.groupby("concept", sort=False):
-        by = block.set_index("method")
-        if method not in by.index or not set(rivals) <= set(by.index):
-            continue
-        own = by.loc[method]
+    for concept, by, own in _side_by_side(table, method, rivals):
         row = {"family": concept,
                "erased": bool(own.in_set <= targets.in_set_max and own.out_of_set <= targets.out_of_set_max),
                "neighbours x base": round(float(own.retain_neighbors_vs_base), 2),
