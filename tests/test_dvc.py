@@ -428,7 +428,9 @@ def test_frozen_stages_name_the_commits_that_made_them():
         for commit in {c for rec in frozen.values() for c in rec["commits"]}:
             assert git("cat-file", "-e", f"{commit}^{{commit}}").returncode == 0, f"{commit} is not in the history"
     # made_by: the oldest commit of the unbroken run that carries an instance's current outputs
-    lock = {"a@x": {"outs": [{"path": "o", "md5": "2"}]}, "a@y": {"outs": [{"path": "p", "md5": "1"}]}}
+    sampled = {"params": {"params.yaml": {"sample": {"steps": 20}}}}  # the sampler steps an instance ran with
+    lock = {"a@x": {"outs": [{"path": "o", "md5": "2"}], **sampled}, "a@y": {"outs": [{"path": "p", "md5": "1"}]}}
     older = {"a@x": {"outs": [{"path": "o", "md5": "1"}]}, "a@y": {"outs": [{"path": "p", "md5": "1"}]}}
     history = [("c3", "2026-12-03", lock), ("c2", "2026-12-02", lock), ("c1", "2026-12-01", older)]
-    assert made_by(history, ["a"]) == {"a": {"commits": ["c1", "c2"], "dates": ["2026-12-01", "2026-12-02"]}}
+    assert made_by(history, ["a"]) == {"a": {"commits": ["c1", "c2"], "dates": ["2026-12-01", "2026-12-02"],
+                                             "sample_steps": [20]}}

@@ -27,10 +27,15 @@ def outputs(lock_stage: dict[str, Any]) -> tuple[tuple[str, str | None], ...]:
     return tuple(sorted((o["path"], o.get("md5")) for o in lock_stage.get("outs", [])))
 
 
+def sampler_steps(lock_stage: dict[str, Any]) -> int | None:
+    """The DDIM steps a dvc.lock stage ran with (its params.yaml `sample` section), None if it reads no sampler."""
+    return ((lock_stage.get("params") or {}).get("params.yaml") or {}).get("sample", {}).get("steps")
+
+
 def made_by(history: list[tuple[str, str, dict[str, Any]]], stages: list[str]) -> dict[str, dict[str, Any]]:
     """Per frozen stage: the commits (newest first in `history`: (sha, date, dvc.lock stages)) whose dvc.lock
     first recorded each instance's current outputs, i.e. the oldest commit of the unbroken run of commits
-    that carry them."""
+    that carry them, and the sampler steps its instances ran with (`sample_steps`, empty if none samples)."""
     current = history[0][2]
     want = {n: outputs(s) for n, s in current.items() if n.split("@")[0] in stages}
     found: dict[str, tuple[str, str]] = {}
@@ -47,7 +52,9 @@ def made_by(history: list[tuple[str, str, dict[str, Any]]], stages: list[str]) -
     out: dict[str, dict[str, Any]] = {}
     for stage in stages:
         made = sorted({found[n] for n in found if n.split("@")[0] == stage}, key=lambda c: -age[c[0]])
-        out[stage] = {"commits": [sha for sha, _ in made], "dates": sorted({day for _, day in made})}
+        steps = {sampler_steps(s) for n, s in current.items() if n.split("@")[0] == stage}
+        out[stage] = {"commits": [sha for sha, _ in made], "dates": sorted({day for _, day in made}),
+                      "sample_steps": sorted(x for x in steps if x is not None)}
     return out
 
 
@@ -73,7 +80,8 @@ def main(repo: Path = Path(".")) -> None:
              "# then re-run this module."]
     for stage, rec in records.items():
         commits = ", ".join(f'"{c}"' for c in rec["commits"])  # quoted: a sha such as 95e2250 reads as a number
-        lines.append(f"{stage}: {{commits: [{commits}], dates: [{', '.join(rec['dates'])}]}}")
+        steps = ", ".join(str(x) for x in rec["sample_steps"])
+        lines.append(f"{stage}: {{commits: [{commits}], dates: [{', '.join(rec['dates'])}], sample_steps: [{steps}]}}")
     save_text("\n".join(lines) + "\n", repo / OUT)
 
 
