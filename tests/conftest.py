@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from cdc.world.build import build_world
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "tests" / "smoke.yaml"
+
+# Under pytest-xdist each worker gets its share of the cores, and so do the notebook kernels and processes it
+# starts (they read OMP_NUM_THREADS): two workers of two threads on two cores run slower than one.
+WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if WORKERS > 1:
+    THREADS = max(1, len(os.sched_getaffinity(0)) // WORKERS)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(THREADS)
+    torch.set_num_threads(THREADS)
 
 
 def merge(base: dict, overrides: dict) -> dict:
