@@ -58,8 +58,8 @@ from cdc.methods.domain import DocoConfig
 from cdc.methods.rdc import RdcConfig, train_rdc
 from cdc.methods.surgery import MODES, clip_grads
 from cdc.methods.train import ErasureData, apply_step, grads_of, make_generator, make_optimizer, paired_data
-from cdc.stages.params import Params, load_params
 from cdc.stages.pretrain import world_unet_from_params
+from cdc.stages.schema import Params, load_params
 from cdc.text import MiniLMEncoder
 
 VARIANTS = ("plain", "doco-warmup", "doco-full", "plain-2b", "frozen-b", "rdc-full")

@@ -25,11 +25,14 @@ import argparse
 import json
 from pathlib import Path
 
+from cdc.config import ReportParams
 from cdc.methods import known_methods
 from cdc.stages.ablate import run_arm, scorer
 from cdc.stages.attack import plan_attacks
 from cdc.stages.erase import retain_set
-from cdc.stages.params import EraseParams, ReportParams, load_params, load_section, with_overrides
+from cdc.stages.params import with_overrides
+from cdc.stages.schema import load_params, load_section
+from cdc.stages.sections.erase import EraseParams
 from cdc.stages.workspace import family_inputs_or_exit
 from cdc.system import hardware
 from cdc.targets import misses

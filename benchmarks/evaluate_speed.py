@@ -29,7 +29,8 @@ import torch
 from cdc.erased import erased_model
 from cdc.evaluate import erasure_row
 from cdc.io import save_json
-from cdc.stages.params import load_params, with_overrides
+from cdc.stages.params import with_overrides
+from cdc.stages.schema import load_params
 from cdc.stages.workspace import family_inputs_or_exit
 from cdc.system import hardware, resolve_precision
 from cdc.world.data import other_concepts

@@ -49,7 +49,7 @@ from cdc.methods.ca import train_ca
 from cdc.methods.doco import train_doco
 from cdc.methods.esd import train_esd
 from cdc.sampler import sample
-from cdc.stages.params import load_params
+from cdc.stages.schema import load_params
 from cdc.system import hardware, peak_memory_mb
 from cdc.text import ClipEncoder
 

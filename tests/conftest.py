@@ -14,7 +14,8 @@ import torch
 from cdc.bundle import ModelBundle, load_bundle, make_world_scheduler, make_world_unet
 from cdc.codec import SpaceToDepthCodec
 from cdc.io import save_text
-from cdc.stages.params import Params, load_params, read_yaml
+from cdc.stages.params import read_yaml
+from cdc.stages.schema import Params, load_params
 from cdc.text import MiniLMEncoder
 from cdc.world.build import build_world
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cdc.bundle import save_world_bundle
 from cdc.cli.main import build_parser, main, sampler_settings
-from cdc.stages.params import load_section
+from cdc.stages.schema import load_section
 
 FAST: list[str] = []  # set by the autouse fixture below: the smoke params, 2 sampler steps, quiet, CPU
 

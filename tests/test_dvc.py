@@ -410,6 +410,17 @@ def test_a_method_change_reruns_only_that_method_and_its_readers():
     assert {f"erase@{c}-{m}" for c in concepts for m in methods} <= core
 
 
+@pytest.mark.slow
+def test_a_params_section_change_reruns_only_the_stages_that_load_it():
+    """Each params.yaml section's schema is its own module: changing the relearn section's re-runs no erase,
+    evaluate or attack row, and the attack section's re-runs the attack rows and not the erasures."""
+    rows = ("base", "erase", "evaluate", "evaluate_base", "attack", "attack_base")
+    relearn = rerun_after_touching("cdc/stages/sections/relearn.py")
+    assert relearn and not {s for s in relearn if s.split("@")[0] in rows}
+    attack = {s.split("@")[0] for s in rerun_after_touching("cdc/stages/sections/attack.py")}
+    assert attack == {"attack", "attack_base", "report", "paper"}
+
+
 def test_frozen_stages_name_the_commits_that_made_them():
     """Every stage frozen in dvc.yaml has its made-at commits in data/frozen.yaml (which the paper prints), and
     those commits are in the history when there is one."""

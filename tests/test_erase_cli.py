@@ -20,7 +20,8 @@ from cdc.cli.concept import (
 from cdc.cli.main import main
 from cdc.io import load_json
 from cdc.methods import known_methods, method_module
-from cdc.stages.params import load_params, read_yaml
+from cdc.stages.params import read_yaml
+from cdc.stages.schema import load_params
 
 REPO = Path(__file__).resolve().parents[1]
 # Two captions keep sampling and training at a few seconds per run.

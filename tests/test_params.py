@@ -9,16 +9,9 @@ from typing import Any, Literal
 import pytest
 
 from cdc.errors import ParamsError
-from cdc.stages.params import (
-    Params,
-    arm_config,
-    from_dict,
-    load_params,
-    load_section,
-    parse_yaml,
-    read_yaml,
-    with_overrides,
-)
+from cdc.stages.params import from_dict, parse_yaml, read_yaml, with_overrides
+from cdc.stages.schema import Params, load_params, load_section
+from cdc.stages.sections.ablate import arm_config
 
 REPO = Path(__file__).resolve().parents[1]
 NAN = "__nan__"  # stands for YAML's .nan, which JSON cannot write

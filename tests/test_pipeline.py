@@ -10,11 +10,11 @@ import torch
 from cdc import evaluate as ev
 from cdc.anchors import Pairs, erase_pairs, family_of, keep_drawn, load_anchors, save_anchors
 from cdc.bundle import make_world_scheduler, make_world_unet
+from cdc.config import ReportParams
 from cdc.errors import NaNLossError
 from cdc.io import save_json
 from cdc.lora import remove_lora
 from cdc.stages.erase import run_method
-from cdc.stages.params import ReportParams
 from cdc.stages.pretrain import augment_context, caption_pool, lr_at, train_world_model
 from cdc.stages.report import erase_table, targets_met
 from cdc.world.captions import STYLE_SUFFIXES

@@ -7,8 +7,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from cdc.config import ReportParams
 from cdc.io import save_json
-from cdc.stages.params import AblateParams, ArmParams, ReportParams, TradeoffParams, TransferParams
 from cdc.stages.report import (
     SYNCED,
     ablate_markdown,
@@ -34,6 +34,9 @@ from cdc.stages.report import (
     transfer_table,
     world_markdown,
 )
+from cdc.stages.sections.ablate import AblateParams, ArmParams
+from cdc.stages.sections.tradeoff import TradeoffParams
+from cdc.stages.sections.transfer import TransferParams
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = ReportParams(in_set_max=0.05, out_of_set_max=0.15, neighbors_min=0.9, retain_all_min=0.95, confidence=0.95)
@@ -364,8 +367,8 @@ def relearn_file(tmp_path: Path, concept: str) -> None:
 
 
 def test_relearn_curves_table_and_markdown(tmp_path):
-    from cdc.stages.params import RelearnParams
     from cdc.stages.report import relearn_curves, relearn_markdown, relearn_table
+    from cdc.stages.sections.relearn import RelearnParams
 
     for concept in ("church", "fish"):
         relearn_file(tmp_path, concept)
@@ -389,8 +392,8 @@ def test_relearn_curves_table_and_markdown(tmp_path):
 
 
 def test_multi_curves_and_markdown(tmp_path):
-    from cdc.stages.params import MultiParams
     from cdc.stages.report import multi_curves, multi_markdown
+    from cdc.stages.sections.multi import MultiParams
 
     def row(count, erased):
         return {"count": count, "seconds": 5.0, "erased": erased, "erased_n": 8 * count,
@@ -414,8 +417,8 @@ def test_multi_curves_and_markdown(tmp_path):
 
 
 def test_multi_curves_survive_a_base_model_that_keeps_nothing(tmp_path):
-    from cdc.stages.params import MultiParams
     from cdc.stages.report import multi_curves, multi_markdown
+    from cdc.stages.sections.multi import MultiParams
 
     row = {"count": 1, "seconds": 1.0, "erased": 0.0, "erased_n": 8, "per_concept": {"church": 0.0},
            "retain_all": 0.0, "retain_all_n": 8}

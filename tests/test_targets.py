@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from cdc.stages.params import ReportParams
+from cdc.config import ReportParams
 from cdc.targets import clear_misses, interval, misses
 
 BASE = {"retain_neighbors": 0.8, "retain_all": 1.0}

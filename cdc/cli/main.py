@@ -40,9 +40,10 @@ MAX_GENERATE_IMAGES = 2048
 def sampler_settings(args: argparse.Namespace) -> SampleParams:
     """The params file's `sample` section (the pipeline's sampler) with any sampler flags given on top."""
     from cdc.cli.prompt_csv import MAX_GUIDANCE, MAX_SEED
-    from cdc.stages.params import load_section
+    from cdc.config import SampleParams
+    from cdc.stages.params import load_sections
 
-    cfg = load_section("sample", args.params)
+    cfg = load_sections(args.params, sample=SampleParams).sample
     flags = {k: getattr(args, k) for k in SAMPLER_FLAGS if getattr(args, k) is not None}
     try:
         cfg = dataclasses.replace(cfg, **flags)

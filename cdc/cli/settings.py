@@ -8,13 +8,16 @@ pipeline's params.yaml is validated whole and these keys are taken from it.
 from __future__ import annotations
 
 import os
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cdc.attacks.config import PrefixAttackConfig
 from cdc.config import Checked, SampleParams, bounded
 from cdc.errors import ParamsError
-from cdc.stages.params import MethodSections, from_dict, load_params, read_yaml
+from cdc.stages.params import load_sections, read_yaml
+from cdc.stages.schema import load_params
+from cdc.stages.sections.erase import MethodSections
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,7 @@ def load_command_params(path: str | os.PathLike[str]) -> CommandParams:
             attack=AttackSettings(prefix=full.attack.prefix),
             report=IntervalSettings(confidence=full.report.confidence),
         )
-    try:
-        return from_dict(CommandParams, data)
-    except ParamsError as exc:
-        raise ParamsError(f"{path}: {exc}") from None
+    classes = typing.get_type_hints(CommandParams)  # section -> class
+    if isinstance(data, Mapping) and (unknown := [k for k in data if k not in classes]):
+        raise ParamsError(f"{path}: unknown section '{unknown[0]}' (known: {', '.join(sorted(classes))})")
+    return CommandParams(**vars(load_sections(path, families=None, **classes)))

@@ -32,7 +32,7 @@ def queue_start_command(jobs: int, cores: int) -> str:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Queue the grid (or print it with --dry-run)."""
-    from cdc.stages.params import load_params
+    from cdc.stages.schema import load_params
 
     if Path(args.params).resolve() != Path(PIPELINE_PARAMS).resolve():
         raise ValueError(f"the pipeline's stages read {PIPELINE_PARAMS} only, so experiments of {args.params} would "

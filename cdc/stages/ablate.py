@@ -12,12 +12,13 @@ import numpy as np
 from cdc import evaluate as ev
 from cdc.anchors import Pairs
 from cdc.bundle import ModelBundle
+from cdc.config import EvaluateParams, SampleParams
 from cdc.judge import JudgeNet
 from cdc.lora import remove_lora
 from cdc.sampler import sample
 from cdc.stages.attack import AttackPlan, attack_row, flat_row
 from cdc.stages.erase import MethodConfig, run_method
-from cdc.stages.params import AttackParams, EvaluateParams, SampleParams
+from cdc.stages.sections.attack import AttackParams
 from cdc.world.captions import CANONICAL_STYLE, canonical_prompt
 from cdc.world.data import World
 

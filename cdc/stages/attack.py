@@ -35,11 +35,12 @@ from cdc.attacks.prefix import PrefixAttack
 from cdc.attacks.ringabell import RingABellResult, concept_direction, ring_a_bell
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
+from cdc.config import SampleParams
 from cdc.embeddings import candidate_ids, token_text
 from cdc.evaluate import Drawn, family_hits
 from cdc.judge import JudgeNet, predict
 from cdc.sampler import sample
-from cdc.stages.params import AttackParams, SampleParams
+from cdc.stages.sections.attack import AttackParams
 from cdc.text import TextEncoder
 from cdc.world.data import World
 

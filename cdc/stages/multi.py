@@ -17,10 +17,10 @@ import numpy as np
 from cdc import evaluate as ev
 from cdc.anchors import Pairs, family_of
 from cdc.bundle import ModelBundle
+from cdc.config import EvaluateParams, SampleParams
 from cdc.judge import JudgeNet
 from cdc.lora import remove_lora
 from cdc.stages.erase import MethodConfig, run_method
-from cdc.stages.params import EvaluateParams, SampleParams
 from cdc.world.captions import canonical_prompt
 from cdc.world.data import World
 

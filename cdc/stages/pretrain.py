@@ -17,7 +17,7 @@ from cdc.attention import attention_kernel, resolve_attention
 from cdc.bundle import ModelBundle, make_world_scheduler, make_world_unet
 from cdc.codec import SpaceToDepthCodec, encode_images
 from cdc.errors import NaNLossError
-from cdc.stages.params import PretrainParams
+from cdc.stages.sections.pretrain import PretrainParams
 from cdc.system import resolve_precision
 from cdc.text import MiniLMEncoder, TextEncoder
 from cdc.world.captions import sample_captions

@@ -21,7 +21,7 @@ from cdc import evaluate as ev
 from cdc.anchors import Pairs
 from cdc.bundle import ModelBundle
 from cdc.codec import encode_images
-from cdc.config import check_steps
+from cdc.config import EvaluateParams, SampleParams, check_steps
 from cdc.judge import JudgeNet
 from cdc.lora import remove_lora, tuner_layers
 from cdc.losses import mse, noisy_latents, target_for, unet_pred
@@ -29,7 +29,6 @@ from cdc.methods.config import LoraRunConfig
 from cdc.methods.surgery import clip_grads
 from cdc.methods.train import apply_step, check_finite, check_prompts, grads_of, progress_bar, start_lora_run
 from cdc.stages.erase import MethodConfig, run_method
-from cdc.stages.params import EvaluateParams, SampleParams
 from cdc.targets import returned_at
 from cdc.world.data import World
 

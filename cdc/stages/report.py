@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cdc.config import ReportParams
 from cdc.grid import make_grid
 from cdc.io import load_json, save_text
-from cdc.stages.params import AblateParams, MultiParams, RelearnParams, ReportParams, TradeoffParams, TransferParams
+from cdc.stages.sections.ablate import AblateParams
+from cdc.stages.sections.multi import MultiParams
+from cdc.stages.sections.relearn import RelearnParams
+from cdc.stages.sections.tradeoff import TradeoffParams
+from cdc.stages.sections.transfer import TransferParams
 from cdc.targets import RATES, clear_misses, interval, misses, returned_at
 
 # seconds, peak_mem_mb and hardware: the erase stage's record of the run (`<erase_dir>/<concept>/<method>.json`)
